@@ -1,0 +1,165 @@
+"""``hindsight``: the client for agents, telephony integrations, sysadmins and auditors.
+
+Exit codes (the contract): 0 ok, 1 the daemon refused (its message on
+stderr), 2 usage error, 3 daemon unreachable within the timeout. Expected
+failures print ``hindsight: <what went wrong>``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hindsight import __version__, audit
+from hindsight.client import simulate
+from hindsight.client.options import connection_options, endpoint_of
+from hindsight.client.transport import request
+from hindsight.errors import ClientError, HindsightError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def call(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
+    return request(endpoint_of(args), payload, args.timeout)
+
+
+def _without_none(**fields: Any) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    reply = call(args, {"op": "ping"})
+    print(f"hindsightd {reply.get('version', '?')} is up")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    payload = _without_none(
+        op="start", line=args.line, call_id=args.call_id, agent=args.agent, caller=args.caller
+    )
+    print(call(args, payload)["call_id"])
+    return 0
+
+
+def cmd_end(args: argparse.Namespace) -> int:
+    print(call(args, {"op": "end", "line": args.line})["call_id"])
+    return 0
+
+
+def cmd_mark(args: argparse.Namespace) -> int:
+    payload = _without_none(op="mark", line=args.line, purpose=args.purpose, note=args.note)
+    print(call(args, payload)["call_id"])
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = call(args, {"op": "status"})
+    if args.json:
+        print(json.dumps({k: v for k, v in reply.items() if k != "ok"}, indent=2))
+    else:
+        print(render_status(reply))
+    return 0
+
+
+def render_status(reply: dict[str, Any]) -> str:
+    rows = [("LINE", "DEVICE", "CALL", "SECONDS", "MARKED", "FLAGGED", "LOST S")]
+    for line in reply.get("lines", []):
+        rows.append(
+            (
+                line["line"],
+                str(line.get("device", "")),
+                line["call_id"] or "-",
+                f"{line['seconds']:.1f}" if line["call_id"] else "-",
+                "yes" if line["marked"] else "no",
+                str(line.get("status_flags", 0)),
+                f"{line.get('lost_seconds', 0):.1f}",
+            )
+        )
+    text = _table(rows)
+    devices = reply.get("devices", [])
+    if devices:
+        text += "\n\n" + _table([("DEVICE", "STATE")] + [(d["device"], d["state"]) for d in devices])
+    return text
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    result = audit.verify(Path(args.state_dir))
+    if not result.ok:
+        print(f"hindsight: audit failed: {result.problem}", file=sys.stderr)
+        return 1
+    print(f"ok: {result.entries} log entries chained, {result.recordings} recordings intact")
+    return 0
+
+
+def cmd_audit_report(args: argparse.Namespace) -> int:
+    result = audit.report(Path(args.state_dir))
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hindsight", description="Control and audit Hindsight.")
+    parser.add_argument("--version", action="version", version=f"hindsight {__version__}")
+    connection_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, run: Command, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        connection_options(sub, suppress=True)
+        sub.set_defaults(run=run)
+        return sub
+
+    add("ping", cmd_ping, "exit 0 when the daemon answers")
+    start = add("start", cmd_start, "a call begins on LINE; prints its call id")
+    start.add_argument("line")
+    start.add_argument("--call-id")
+    start.add_argument("--agent")
+    start.add_argument("--caller", help="the caller's number (validated, never stored)")
+    add("end", cmd_end, "the call on LINE ends").add_argument("line")
+    mark = add("mark", cmd_mark, "the retroactive record key: keep the whole current call")
+    mark.add_argument("line")
+    mark.add_argument("--purpose")
+    mark.add_argument("--note", help="kept with the recording, never in the log")
+    add("status", cmd_status, "live lines and calls").add_argument("--json", action="store_true")
+    simulate.add_parser(add("simulate", simulate.run, "drive a simulated call floor"))
+    _add_audit(commands)
+    return parser
+
+
+def _add_audit(commands: Any) -> None:
+    audit_parser = commands.add_parser("audit", help="check and report on a state dir")
+    verbs = audit_parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verify = verbs.add_parser("verify", help="check the commit log and recordings")
+    verify.set_defaults(run=cmd_audit_verify)
+    report = verbs.add_parser("report", help="what was committed, wiped, deleted and why")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(run=cmd_audit_report)
+    for verb in (verify, report):
+        verb.add_argument("--state-dir", required=True, help="the daemon's state_dir")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ClientError as exc:
+        print(f"hindsight: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except HindsightError as exc:
+        print(f"hindsight: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Options shared by every command that talks to the daemon, and how they find it."""
+
+from __future__ import annotations
+
+import argparse
+
+from hindsight.config import read_control_endpoint, resolve_config_path
+from hindsight.errors import ClientError, ConfigError
+
+EXIT_USAGE = 2
+DEFAULT_TIMEOUT = 2.0
+
+
+def connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """--config/--endpoint/--timeout, accepted before and after the command name."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--config", default=default(None), help="daemon config to find its socket")
+    group.add_argument("--endpoint", default=default(None), help="control endpoint, e.g. ipc://…")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default(DEFAULT_TIMEOUT),
+        help="seconds to wait for the daemon (default 2)",
+    )
+
+
+def endpoint_of(args: argparse.Namespace) -> str:
+    if args.endpoint:
+        return str(args.endpoint)
+    path = resolve_config_path(args.config)
+    try:
+        return read_control_endpoint(path)
+    except ConfigError as exc:
+        raise ClientError(f"cannot find the daemon's endpoint: {exc}", EXIT_USAGE) from exc

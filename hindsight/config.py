@@ -1,0 +1,618 @@
+"""The configuration: one TOML file parsed into frozen dataclasses.
+
+Rules of this module:
+
+- The schema is declared once (the ``_Key`` tables below, in the style of Mopidy's config
+  schemas); every type, default, range and "unknown key" check is driven from it.
+- Pure: no I/O beyond reading the one file and checking that ``audio.file`` exists.
+- Never partially valid: every problem is collected as ``section.key: message`` (``lines[2].x``
+  inside an array, 0-based) and all of them are raised together in one ``ConfigError``; a broken
+  file never yields a ``Config``.
+- Relative paths (``daemon.state_dir``, ``audio.file``, the path of an ``ipc://`` endpoint) are
+  relative to the folder of the config file (``base_dir``); resolved paths are absolute.
+- Messages echo at most ~40 characters of any value from the file.
+
+Parsing runs in three phases: each table is cleaned against its schema into a dict of the keys
+that passed (failed keys are left out, already reported); cross-checks then look only at the
+values that passed, so one mistake is reported once; only a problem-free parse is built into
+dataclasses.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Generic, TypeVar
+
+from hindsight.errors import ConfigError
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+LEGAL_BASES = (
+    "consent",
+    "contract",
+    "legal-obligation",
+    "vital-interests",
+    "public-task",
+    "legitimate-interest",
+)
+DEFAULT_CONFIG_PATH = Path("/etc/hindsight/hindsight.toml")
+CONFIG_ENV = "HINDSIGHT_CONFIG"
+SOURCES = ("sounddevice", "file", "synthetic")
+DEFAULT_DEVICE_NAME = "default"
+
+_CLIP = 40
+_SCHEMES = ("ipc://", "tcp://")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: Path
+    control: str
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    device: str | int | None  # None: the PortAudio default input
+    channels: int
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    source: str
+    file: Path | None
+    samplerate: int
+    blocksize: int
+    devices: tuple[DeviceConfig, ...]
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    max_call_seconds: float
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    one_in: int
+    purpose: str
+
+
+@dataclass(frozen=True)
+class MarkingConfig:
+    purpose: str
+
+
+@dataclass(frozen=True)
+class LineConfig:
+    name: str
+    device: str  # the name of a DeviceConfig
+    channels: tuple[int, ...]  # 1-based, as in the file
+
+
+@dataclass(frozen=True)
+class PurposeConfig:
+    name: str
+    legal_basis: str
+    retention_days: int
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig
+    audio: AudioConfig
+    buffer: BufferConfig
+    sampling: SamplingConfig
+    marking: MarkingConfig
+    lines: tuple[LineConfig, ...]
+    purposes: tuple[PurposeConfig, ...]
+    path: Path | None
+
+    def purpose(self, name: str) -> PurposeConfig | None:
+        return next((p for p in self.purposes if p.name == name), None)
+
+    def line(self, name: str) -> LineConfig | None:
+        return next((line for line in self.lines if line.name == name), None)
+
+    def device(self, name: str) -> DeviceConfig:
+        """The device called ``name``; every ``LineConfig.device`` names one. KeyError if none."""
+        for device in self.audio.devices:
+            if device.name == name:
+                return device
+        raise KeyError(name)
+
+
+# --- value types: each cleans one raw TOML value or raises ValueError with the message ---
+
+T = TypeVar("T")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _CLIP else text[: _CLIP - 3] + "..."
+
+
+def _got(raw: object) -> str:
+    return f"got {type(raw).__name__} {_clip(repr(raw))}"
+
+
+def _expect_int(raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ValueError(f"expected an integer, {_got(raw)}")
+    return raw
+
+
+def _expect_str(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a string, {_got(raw)}")
+    return raw
+
+
+class _Value(ABC, Generic[T]):
+    @abstractmethod
+    def parse(self, raw: object) -> T:
+        """The cleaned value; ValueError(message) when ``raw`` does not fit."""
+
+
+@dataclass(frozen=True)
+class _Int(_Value[int]):
+    low: int
+    high: int | None = None
+
+    def parse(self, raw: object) -> int:
+        value = _expect_int(raw)
+        if self.high is None and value < self.low:
+            raise ValueError(f"must be at least {self.low}, got {_clip(str(value))}")
+        if self.high is not None and not self.low <= value <= self.high:
+            raise ValueError(f"must be between {self.low} and {self.high}, got {_clip(str(value))}")
+        return value
+
+
+@dataclass(frozen=True)
+class _Float(_Value[float]):
+    above: float
+    at_most: float
+
+    def parse(self, raw: object) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ValueError(f"expected a number, {_got(raw)}")
+        if not self.above < raw <= self.at_most:  # also refuses nan
+            raise ValueError(
+                f"must be greater than {self.above:g} and at most {self.at_most:g}, "
+                f"got {_clip(repr(raw))}"
+            )
+        return float(raw)
+
+
+@dataclass(frozen=True)
+class _Str(_Value[str]):
+    choices: tuple[str, ...] = ()
+    non_empty: bool = False
+
+    def parse(self, raw: object) -> str:
+        text = _expect_str(raw)
+        if self.non_empty and not text:
+            raise ValueError("must not be empty")
+        if self.choices and text not in self.choices:
+            allowed = ", ".join(repr(choice) for choice in self.choices)
+            raise ValueError(f"must be one of {allowed}, got {_clip(repr(text))}")
+        return text
+
+
+class _Id(_Value[str]):
+    def parse(self, raw: object) -> str:
+        text = _expect_str(raw)
+        if not ID_PATTERN.fullmatch(text):
+            raise ValueError(
+                f"must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, got {_clip(repr(text))}"
+            )
+        return text
+
+
+class _Endpoint(_Value[str]):
+    def parse(self, raw: object) -> str:
+        endpoint = _expect_str(raw)
+        if not endpoint.startswith(_SCHEMES):
+            raise ValueError(f"must start with 'ipc://' or 'tcp://', got {_clip(repr(endpoint))}")
+        if endpoint in _SCHEMES:
+            raise ValueError(f"needs an address after {endpoint!r}")
+        return endpoint
+
+
+class _DeviceSpec(_Value[str | int | None]):
+    """A sounddevice device name or index; "" is the default input (None)."""
+
+    def parse(self, raw: object) -> str | int | None:
+        if isinstance(raw, str):
+            return raw or None
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ValueError(f"expected a device name (string) or index (integer), {_got(raw)}")
+        if raw < 0:
+            raise ValueError(f"a device index must be at least 0, got {_clip(str(raw))}")
+        return raw
+
+
+class _Channels(_Value[tuple[int, ...]]):
+    """A non-empty list of distinct 1-based channel numbers (the upper bound is the device's)."""
+
+    def parse(self, raw: object) -> tuple[int, ...]:
+        if not isinstance(raw, list):
+            raise ValueError(f"expected a list of integers, {_got(raw)}")
+        if not raw:
+            raise ValueError("must list at least one channel")
+        channels = tuple(_channel(index, item) for index, item in enumerate(raw))
+        for index, channel in enumerate(channels):
+            if channel in channels[:index]:
+                raise ValueError(f"channel {channel} is listed twice")
+        return channels
+
+
+def _channel(index: int, raw: object) -> int:
+    try:
+        channel = _expect_int(raw)
+    except ValueError as error:
+        raise ValueError(f"item {index}: {error}") from None
+    if channel < 1:
+        raise ValueError(f"channel {_clip(str(channel))} is out of range: channels count from 1")
+    return channel
+
+
+# --- the schema, declared once; defaults are written as they would be in the file ---
+
+_REQUIRED: Final = object()
+
+
+@dataclass(frozen=True)
+class _Key:
+    value: _Value[Any]
+    default: object = _REQUIRED  # None: optional, stays None when absent
+
+
+_Schema = Mapping[str, _Key]
+
+_DAEMON: Final[_Schema] = {
+    "state_dir": _Key(_Str(non_empty=True), "/var/lib/hindsight"),
+    "control": _Key(_Endpoint(), "ipc:///run/hindsight/control.sock"),
+}
+_AUDIO: Final[_Schema] = {
+    "source": _Key(_Str(SOURCES), "sounddevice"),
+    "device": _Key(_DeviceSpec(), ""),
+    "file": _Key(_Str(), ""),
+    "samplerate": _Key(_Int(8000, 192000), 16000),
+    "channels": _Key(_Int(1, 256), 2),
+    "blocksize": _Key(_Int(16), 320),  # at most audio.samplerate: a cross-check
+}
+_BUFFER: Final[_Schema] = {
+    "max_call_seconds": _Key(_Float(0, 86400), 7200),
+    "memory_mb": _Key(_Int(1, 1048576), 1024),
+}
+_SAMPLING: Final[_Schema] = {
+    "one_in": _Key(_Int(0), 10),
+    "purpose": _Key(_Id(), "training"),
+}
+_MARKING: Final[_Schema] = {"purpose": _Key(_Id(), "escalation")}
+_SECTIONS: Final[Mapping[str, _Schema]] = {
+    "daemon": _DAEMON,
+    "audio": _AUDIO,
+    "buffer": _BUFFER,
+    "sampling": _SAMPLING,
+    "marking": _MARKING,
+}
+_DEVICE: Final[_Schema] = {
+    "name": _Key(_Id()),
+    "device": _Key(_DeviceSpec(), ""),
+    "channels": _Key(_Int(1, 256)),
+}
+_LINE: Final[_Schema] = {
+    "name": _Key(_Id()),
+    "device": _Key(_Id(), None),
+    "channels": _Key(_Channels()),
+}
+_PURPOSE: Final[_Schema] = {
+    "legal_basis": _Key(_Str(LEGAL_BASES)),
+    "retention_days": _Key(_Int(1, 36500)),
+}
+_DEFAULT_PURPOSES: Final[Mapping[str, object]] = {
+    "training": {"legal_basis": "legitimate-interest", "retention_days": 92},
+    "escalation": {"legal_basis": "contract", "retention_days": 730},
+}
+_TOP_LEVEL: Final = (*_SECTIONS, "devices", "lines", "purposes")
+
+
+# --- phase 1: clean each table against its schema ---
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.found.append(f"{key}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            raise ConfigError(list(self.found))
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _check_unknown(
+    where: str, table: Mapping[str, object], known: Iterable[str], what: str, problems: _Problems
+) -> None:
+    names = list(known)
+    for name in table:
+        if name not in names:
+            problems.add(_join(where, _clip(name)), f"unknown {what}{_suggest(name, names)}")
+
+
+def _parse_table(where: str, raw: object, schema: _Schema, problems: _Problems) -> dict[str, Any]:
+    """The keys of ``raw`` that passed ``schema``, defaults filled in; failures are reported."""
+    if not isinstance(raw, dict):
+        problems.add(where, f"expected a table, {_got(raw)}")
+        return {}
+    _check_unknown(where, raw, schema, "key", problems)
+    values: dict[str, Any] = {}
+    for name, key in schema.items():
+        if name not in raw and key.default is _REQUIRED:
+            problems.add(f"{where}.{name}", "required, but missing")
+        elif name not in raw and key.default is None:
+            values[name] = None
+        else:
+            try:
+                values[name] = key.value.parse(raw.get(name, key.default))
+            except ValueError as error:
+                problems.add(f"{where}.{name}", str(error))
+    return values
+
+
+def _parse_array(
+    where: str, raw: object, schema: _Schema, problems: _Problems
+) -> list[dict[str, Any]]:
+    """One dict per entry of ``[[where]]``, index for index (a broken entry gives {})."""
+    if not isinstance(raw, list):
+        problems.add(where, f"expected an array of tables ([[{where}]]), {_got(raw)}")
+        return []
+    if not raw:
+        problems.add(where, f"at least one [[{where}]] entry is required")
+    return [
+        _parse_table(f"{where}[{index}]", item, schema, problems) for index, item in enumerate(raw)
+    ]
+
+
+def _check_unique(
+    where: str, entries: list[dict[str, Any]], what: str, problems: _Problems
+) -> None:
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        name = entry.get("name")
+        if name in seen:
+            problems.add(f"{where}[{index}].name", f"duplicate {what} name {name!r}")
+        if name is not None:
+            seen.add(name)
+
+
+def _parse_devices(
+    data: Mapping[str, Any], audio: dict[str, Any], problems: _Problems
+) -> list[dict[str, Any]]:
+    if "devices" not in data:
+        implicit = {key: audio[key] for key in ("device", "channels") if key in audio}
+        return [{"name": DEFAULT_DEVICE_NAME} | implicit]
+    raw_audio = data.get("audio")
+    for key in ("device", "channels"):
+        if isinstance(raw_audio, dict) and key in raw_audio:
+            problems.add(f"audio.{key}", "not allowed with [[devices]]; describe each device there")
+    entries = _parse_array("devices", data["devices"], _DEVICE, problems)
+    _check_unique("devices", entries, "device", problems)
+    return entries
+
+
+def _parse_purposes(raw: object, problems: _Problems) -> list[dict[str, Any]]:
+    if not isinstance(raw, dict):
+        problems.add("purposes", f"expected a table, {_got(raw)}")
+        return []
+    entries = []
+    for name, table in raw.items():
+        try:
+            _Id().parse(name)
+        except ValueError as error:
+            problems.add("purposes", f"a purpose name {error}")
+            continue
+        entries.append({"name": name} | _parse_table(f"purposes.{name}", table, _PURPOSE, problems))
+    return entries
+
+
+# --- phase 2: cross-checks, on the values that passed phase 1 only ---
+
+
+def _check_audio(audio: dict[str, Any], base: Path, problems: _Problems) -> None:
+    blocksize, samplerate = audio.get("blocksize"), audio.get("samplerate")
+    if blocksize is not None and samplerate is not None and blocksize > samplerate:
+        problems.add(
+            "audio.blocksize", f"must be at most audio.samplerate ({samplerate}), got {blocksize}"
+        )
+    if audio.get("source") != "file" or "file" not in audio:
+        return
+    if not audio["file"]:
+        problems.add("audio.file", "required when audio.source is 'file'")
+    elif not _resolve(base, audio["file"]).is_file():
+        problems.add("audio.file", f"no such file: {_resolve(base, audio['file'])}")
+
+
+def _channel_counts(devices: list[dict[str, Any]]) -> dict[str, int | None]:
+    """Declared device name -> its channel count (None when that count itself is broken)."""
+    return {entry["name"]: entry.get("channels") for entry in devices if "name" in entry}
+
+
+def _unknown_device(name: str, counts: Mapping[str, int | None]) -> str:
+    if list(counts) == [DEFAULT_DEVICE_NAME]:
+        return f"unknown device {name!r}; without [[devices]] the only device is 'default'"
+    return f"{name!r} is not declared under [[devices]]{_suggest(name, counts)}"
+
+
+def _check_line_device(
+    where: str, line: dict[str, Any], counts: Mapping[str, int | None], problems: _Problems
+) -> None:
+    """Fill in an omitted ``device`` when there is only one, and check the channels against it."""
+    if "device" not in line or not counts:
+        return
+    if line["device"] is None and len(counts) > 1:
+        problems.add(f"{where}.device", "required when more than one device is declared")
+        return
+    if line["device"] is None:
+        line["device"] = next(iter(counts))
+    if line["device"] not in counts:
+        problems.add(f"{where}.device", _unknown_device(line["device"], counts))
+        return
+    count = counts[line["device"]]
+    beyond = [channel for channel in line.get("channels", ()) if count and channel > count]
+    if beyond:
+        plural = "channel" if count == 1 else "channels"
+        problems.add(
+            f"{where}.channels",
+            f"channel {beyond[0]} is beyond the {count} {plural} of device {line['device']!r}",
+        )
+
+
+def _parse_lines(
+    raw: object, counts: Mapping[str, int | None], problems: _Problems
+) -> list[dict[str, Any]]:
+    entries = _parse_array("lines", raw, _LINE, problems)
+    _check_unique("lines", entries, "line", problems)
+    for index, entry in enumerate(entries):
+        _check_line_device(f"lines[{index}]", entry, counts, problems)
+    return entries
+
+
+def _check_declared(key: str, name: str | None, declared: set[str], problems: _Problems) -> None:
+    if name is not None and name not in declared:
+        problems.add(key, f"{name!r} is not declared under [purposes]{_suggest(name, declared)}")
+
+
+def _check_purpose_refs(
+    sections: Mapping[str, dict[str, Any]], declared: set[str], problems: _Problems
+) -> None:
+    sampling = sections["sampling"]
+    if sampling.get("one_in", 0) > 0:
+        _check_declared("sampling.purpose", sampling.get("purpose"), declared, problems)
+    _check_declared("marking.purpose", sections["marking"].get("purpose"), declared, problems)
+
+
+# --- phase 3: build, only from a problem-free parse ---
+
+
+def _resolve(base: Path, path: str) -> Path:
+    """``path`` made absolute against ``base``; ``..`` folded lexically, symlinks left alone."""
+    return Path(os.path.normpath(base / path))
+
+
+def _resolve_endpoint(endpoint: str, base: Path) -> str:
+    """A relative ``ipc://`` path is relative to ``base``; ``ipc://@name`` is Linux-abstract."""
+    scheme, _, address = endpoint.partition("://")
+    if scheme != "ipc" or address.startswith("@"):
+        return endpoint
+    return f"ipc://{_resolve(base, address)}"
+
+
+def _build_audio(audio: dict[str, Any], devices: list[dict[str, Any]], base: Path) -> AudioConfig:
+    return AudioConfig(
+        source=audio["source"],
+        file=_resolve(base, audio["file"]) if audio["file"] else None,
+        samplerate=audio["samplerate"],
+        blocksize=audio["blocksize"],
+        devices=tuple(DeviceConfig(**entry) for entry in devices),
+    )
+
+
+def _build(
+    sections: Mapping[str, dict[str, Any]],
+    devices: list[dict[str, Any]],
+    lines: list[dict[str, Any]],
+    purposes: list[dict[str, Any]],
+    base: Path,
+    path: Path | None,
+) -> Config:
+    daemon = sections["daemon"]
+    return Config(
+        daemon=DaemonConfig(
+            state_dir=_resolve(base, daemon["state_dir"]),
+            control=_resolve_endpoint(daemon["control"], base),
+        ),
+        audio=_build_audio(sections["audio"], devices, base),
+        buffer=BufferConfig(**sections["buffer"]),
+        sampling=SamplingConfig(**sections["sampling"]),
+        marking=MarkingConfig(**sections["marking"]),
+        lines=tuple(LineConfig(**entry) for entry in lines),
+        purposes=tuple(PurposeConfig(**entry) for entry in purposes),
+        path=path,
+    )
+
+
+# --- public entry points ---
+
+
+def parse_config(data: dict[str, Any], base_dir: Path, path: Path | None = None) -> Config:
+    """Validate parsed TOML ``data``; ConfigError with every problem, or a whole Config."""
+    base = base_dir.absolute()
+    problems = _Problems()
+    _check_unknown("", data, _TOP_LEVEL, "section", problems)
+    sections = {
+        name: _parse_table(name, data.get(name, {}), schema, problems)
+        for name, schema in _SECTIONS.items()
+    }
+    _check_audio(sections["audio"], base, problems)
+    devices = _parse_devices(data, sections["audio"], problems)
+    lines = _parse_lines(data.get("lines", []), _channel_counts(devices), problems)
+    purposes = _parse_purposes(data.get("purposes", _DEFAULT_PURPOSES), problems)
+    _check_purpose_refs(sections, {entry["name"] for entry in purposes}, problems)
+    problems.raise_if_any()
+    return _build(sections, devices, lines, purposes, base, path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from error
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{path}: invalid TOML: not UTF-8 ({error.reason})"]) from error
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{path}: invalid TOML: {error}"]) from error
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the config file at ``path``; relative paths are relative to its folder."""
+    return parse_config(_read_toml(path), path.absolute().parent, path)
+
+
+def resolve_config_path(arg: str | None) -> Path:
+    """``--config`` when given, else ``$HINDSIGHT_CONFIG`` when set, else the default path."""
+    if arg:
+        return Path(arg)
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def read_control_endpoint(path: Path) -> str:
+    """``daemon.control`` of the file at ``path``, resolved as the daemon does.
+
+    Lenient, for the client: nothing else in the file is checked.
+    """
+    daemon = _read_toml(path).get("daemon")
+    given = {k: v for k, v in daemon.items() if k == "control"} if isinstance(daemon, dict) else {}
+    problems = _Problems()
+    values = _parse_table("daemon", given, {"control": _DAEMON["control"]}, problems)
+    problems.raise_if_any()
+    return _resolve_endpoint(values["control"], path.absolute().parent)

@@ -1,0 +1,179 @@
+"""The chunk pool and the per-call buffers built from it.
+
+Rules:
+
+- All audio memory is one numpy array, allocated once when the pool is made.
+  Nothing here allocates audio memory afterwards; the pool never grows.
+- A chunk is a fixed number of int16 samples. A call with C channels views each
+  of its chunks as ``(CHUNK_SAMPLES // C, C)`` frames, so lines of any width
+  share the one pool.
+- A chunk is zeroed whenever it leaves a call: when the call's buffer is
+  released and when another call takes it over. Audio never survives its call.
+- These classes do no locking; the call table serialises access to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+CHUNK_SAMPLES = 32768  # 64 KiB of int16: ~1 s of 16 kHz stereo; small enough to roll finely
+Int16Array = npt.NDArray[np.int16]
+
+
+class Pool:
+    """A fixed set of equal chunks; ``acquire`` hands out free ones, ``release`` zeroes them."""
+
+    def __init__(self, memory_mb: int, chunk_samples: int = CHUNK_SAMPLES) -> None:
+        count = max(1, memory_mb * 1024 * 1024 // (chunk_samples * 2))
+        # np.zeros maps zero pages lazily; memory is committed as calls write into it.
+        self.data: Int16Array = np.zeros((count, chunk_samples), dtype=np.int16)
+        self.chunk_samples = chunk_samples
+        self._free = list(range(count - 1, -1, -1))
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def acquire(self) -> int | None:
+        return self._free.pop() if self._free else None
+
+    def release(self, index: int) -> None:
+        self.data[index].fill(0)
+        self._free.append(index)
+
+
+@dataclass
+class Segment:
+    """One chunk held by a call: ``frames`` views it, ``start`` is the first valid frame."""
+
+    index: int
+    frames: Int16Array
+    start: int = 0
+
+
+class CallBuffer:
+    """The audio of one call: a list of chunks, oldest first, rolling past ``max_frames``.
+
+    ``write`` runs on the audio thread: it copies with plain slices into the
+    current chunk and takes a new chunk only when that one is full.
+    """
+
+    def __init__(self, pool: Pool, channels: int, max_frames: int) -> None:
+        self.pool = pool
+        self.channels = channels
+        self.chunk_frames = pool.chunk_samples // channels
+        self.max_frames = max_frames
+        # One chunk more than max_frames needs, so that trimming to exactly
+        # max_frames at the end is always possible; rolling stays sample-exact.
+        self.max_chunks = -(-max_frames // self.chunk_frames) + 1
+        self.segments: list[Segment] = []
+        self.pos = self.chunk_frames  # write position in the last segment; "full" = none yet
+        self.total_frames = 0  # every frame ever written, rolled or not
+        self.rolled_frames = 0  # frames lost to rolling (own limit or a dry pool)
+
+    @property
+    def held_frames(self) -> int:
+        return self.total_frames - self.rolled_frames
+
+    @property
+    def chunks(self) -> int:
+        return len(self.segments)
+
+    def write(self, block: Int16Array, columns: slice | tuple[int, ...]) -> int:
+        """Append ``block[:, columns]``; return the frames written, fewer when the pool ran dry."""
+        frames = len(block)
+        done = 0
+        while done < frames:
+            if self.pos == self.chunk_frames and not self._next_chunk():
+                break
+            n = min(frames - done, self.chunk_frames - self.pos)
+            self._copy(block, done, n, columns)
+            self.pos += n
+            done += n
+        self.total_frames += done
+        return done
+
+    def skip(self, frames: int) -> None:
+        """Count ``frames`` that no chunk could hold as rolled away."""
+        self.total_frames += frames
+        self.rolled_frames += frames
+
+    def _copy(self, block: Int16Array, at: int, n: int, columns: slice | tuple[int, ...]) -> None:
+        dst = self.segments[-1].frames
+        if isinstance(columns, slice):
+            dst[self.pos : self.pos + n] = block[at : at + n, columns]
+        else:
+            # Scattered channels: one plain-slice copy per channel; fancy
+            # indexing would allocate a temporary array on the audio thread.
+            for j, column in enumerate(columns):
+                dst[self.pos : self.pos + n, j] = block[at : at + n, column]
+
+    def _next_chunk(self) -> bool:
+        if len(self.segments) >= self.max_chunks:
+            self.roll_own()
+            return True
+        index = self.pool.acquire()
+        if index is None:
+            return False
+        self.adopt(index)
+        return True
+
+    def adopt(self, index: int) -> None:
+        """Make chunk ``index`` (already zeroed) the new write chunk."""
+        flat = self.pool.data[index]
+        frames = flat[: self.chunk_frames * self.channels].reshape(self.chunk_frames, self.channels)
+        self.segments.append(Segment(index, frames))
+        self.pos = 0
+
+    def roll_own(self) -> None:
+        """Reuse the oldest chunk as the newest: the call rolls."""
+        oldest = self.segments.pop(0)
+        self.rolled_frames += self.chunk_frames - oldest.start
+        oldest.start = 0
+        self.segments.append(oldest)
+        self.pos = 0
+
+    def surrender_oldest(self) -> int | None:
+        """Give up the oldest chunk (zeroed) for another call; None when only one is held."""
+        if len(self.segments) < 2:
+            return None
+        oldest = self.segments.pop(0)
+        self.rolled_frames += self.chunk_frames - oldest.start
+        self.pool.data[oldest.index].fill(0)
+        return oldest.index
+
+    @property
+    def kept_frames(self) -> int:
+        """Frames a recording holds: at most ``max_frames``, the newest ones."""
+        return min(self.held_frames, self.max_frames)
+
+    @property
+    def lost_frames(self) -> int:
+        """Frames rolled away, counting the trim down to exactly ``max_frames``."""
+        return self.total_frames - self.kept_frames
+
+    def views(self) -> Iterator[Int16Array]:
+        """The kept audio, oldest first, as views into the pool (no copies)."""
+        skip = self.held_frames - self.kept_frames
+        last = len(self.segments) - 1
+        for i, segment in enumerate(self.segments):
+            end = self.pos if i == last else self.chunk_frames
+            begin = segment.start + skip
+            skip = max(0, begin - end)
+            if end > begin:
+                yield segment.frames[begin:end]
+
+    def release(self) -> None:
+        """Zero every chunk and give it back to the pool."""
+        for segment in self.segments:
+            self.pool.release(segment.index)
+        self.segments.clear()
+        self.pos = self.chunk_frames

@@ -1,0 +1,255 @@
+"""``hindsightd``: start-up, the control loop, signals and a clean shutdown.
+
+Rules:
+
+- Everything that can fail at start-up (config, commit log, pool, sources,
+  socket) is done before ``daemon_started`` is logged: a broken daemon never
+  starts half-way.
+- Signal handlers only queue the signal (and wake the loop through the
+  wakeup fd); the main loop acts on it.
+- Shutdown: stop taking calls, end every live call through the committer
+  (kept ones are committed, the rest wiped), wait for it, log
+  ``daemon_stopped``, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import zmq
+
+from hindsight import __version__
+from hindsight.commitlog import CommitLog
+from hindsight.config import Config, load_config, resolve_config_path
+from hindsight.daemon import systemd
+from hindsight.daemon.buffer import Pool
+from hindsight.daemon.calls import CallTable
+from hindsight.daemon.committer import Committer
+from hindsight.daemon.harden import harden_process
+from hindsight.daemon.server import ControlServer
+from hindsight.daemon.service import Service
+from hindsight.daemon.sources import Source, loop_source
+from hindsight.daemon.store import Store
+from hindsight.errors import ConfigError, HindsightError
+
+log = logging.getLogger("hindsight.daemon")
+
+TICK_MS = 250
+COMMIT_LOG = "commit.log"
+
+
+def build_sources(config: Config) -> list[Source]:
+    if config.audio.source == "sounddevice":
+        from hindsight.daemon.capture import DeviceSource
+
+        return [DeviceSource(config.audio, device) for device in config.audio.devices]
+    return [loop_source(config.audio, device) for device in config.audio.devices]
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._signals: list[int] = []
+
+    def run(self) -> int:
+        harden_process()
+        state_dir = self.config.daemon.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        commit_log = CommitLog.open(state_dir / COMMIT_LOG)
+        try:
+            return self._run(commit_log)
+        finally:
+            commit_log.close()
+
+    def _run(self, commit_log: CommitLog) -> int:
+        pool = Pool(self.config.buffer.memory_mb)
+        table = CallTable(self.config, pool, known_ids=commit_log.call_ids)
+        committer = Committer(table, Store(self.config), commit_log)
+        sources = build_sources(self.config)
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        server = ControlServer(context, self.config.daemon.control)
+        service = Service(self.config, table, committer, commit_log, lambda: _states(sources))
+        try:
+            self._start(commit_log, committer, table, sources, pool)
+            self._loop(server, service, table)
+            self._shutdown(service, committer, sources, commit_log)
+        finally:
+            for source in sources:
+                source.stop()
+            server.close()
+            context.term()
+        return 0
+
+    def _start(
+        self,
+        commit_log: CommitLog,
+        committer: Committer,
+        table: CallTable,
+        sources: list[Source],
+        pool: Pool,
+    ) -> None:
+        for source in sources:
+            source.start(functools.partial(table.feed, source.name))
+        committer.start()
+        commit_log.append("daemon_started", version=__version__)
+        _close_calls_lost_in_crash(commit_log)
+        log.info(
+            "hindsightd %s up: %d lines, %d devices, pool of %d chunks, control at %s",
+            __version__,
+            len(self.config.lines),
+            len(sources),
+            pool.size,
+            self.config.daemon.control,
+        )
+        systemd.notify("READY=1")
+
+    def _loop(self, server: ControlServer, service: Service, table: CallTable) -> None:
+        waker_r, waker_w = socket.socketpair()
+        waker_w.setblocking(False)
+        previous = self._install_signals(waker_w.fileno())
+        poller = zmq.Poller()
+        poller.register(server.socket, zmq.POLLIN)
+        poller.register(waker_r, zmq.POLLIN)
+        watch = PoolWatch(table)
+        try:
+            while not self._stop_requested():
+                events = dict(poller.poll(TICK_MS))
+                if server.socket in events:
+                    server.serve_pending(service.handle)
+                if waker_r.fileno() in events:
+                    waker_r.recv(4096)
+                watch.check()
+        finally:
+            signal.set_wakeup_fd(previous)
+            waker_r.close()
+            waker_w.close()
+
+    def _install_signals(self, fd: int) -> int:
+        previous = signal.set_wakeup_fd(fd)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        return previous
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals.append(signum)
+
+    def _stop_requested(self) -> bool:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGHUP:
+                log.warning("SIGHUP: reloading is not supported yet; carrying on")
+                continue
+            log.info("%s: stopping", signal.Signals(signum).name)
+            return True
+        return False
+
+    def _shutdown(
+        self,
+        service: Service,
+        committer: Committer,
+        sources: list[Source],
+        commit_log: CommitLog,
+    ) -> None:
+        systemd.notify("STOPPING=1")
+        service.end_all()
+        for source in sources:
+            source.stop()
+        committer.close()
+        commit_log.append("daemon_stopped", version=__version__)
+        log.info("hindsightd stopped")
+
+
+class PoolWatch:
+    """Logs, from the control loop, what the audio thread may not: the pool running dry."""
+
+    def __init__(self, table: CallTable) -> None:
+        self.table = table
+        self.seen_steals = 0
+        self.seen_drops = 0
+
+    def check(self) -> None:
+        steals, drops = self.table.pool_steals, self.table.dropped_frames
+        if steals > self.seen_steals:
+            log.warning(
+                "chunk pool exhausted: rolled %d chunk(s) off the longest live calls "
+                "(raise buffer.memory_mb)",
+                steals - self.seen_steals,
+            )
+        if drops > self.seen_drops:
+            log.warning("chunk pool exhausted: %d frames could not be held", drops - self.seen_drops)
+        self.seen_steals, self.seen_drops = steals, drops
+
+
+def _states(sources: list[Source]) -> dict[str, str]:
+    return {source.name: source.state() for source in sources}
+
+
+def _close_calls_lost_in_crash(commit_log: CommitLog) -> None:
+    """Calls left open by a crash lost their audio with the process: record it as a wipe."""
+    for call_id, line in list(commit_log.open_calls.items()):
+        commit_log.append("call_wiped", call_id=call_id, line=line, seconds=0, why="lost_in_crash")
+        log.warning("call %s was live when the daemon last died; logged as lost", call_id)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="hindsightd", description="Hindsight call-recording daemon (runs in the foreground)."
+    )
+    parser.add_argument("--config", help="config file (default $HINDSIGHT_CONFIG, then /etc)")
+    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument(
+        "--list-devices", action="store_true", help="list the input devices PortAudio sees"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"hindsightd {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.list_devices:
+        return _list_devices()
+    path = resolve_config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        out = sys.stdout if args.check_config else sys.stderr
+        for problem in exc.problems:
+            print(problem, file=out)
+        return 2
+    if args.check_config:
+        print(f"{path}: ok ({len(config.lines)} lines)")
+        return 0
+    try:
+        return Daemon(config).run()
+    except HindsightError as exc:
+        print(f"hindsightd: {exc}", file=sys.stderr)
+        return 1
+
+
+def _list_devices() -> int:
+    from hindsight.daemon.capture import describe_input_devices
+
+    try:
+        print(describe_input_devices())
+    except HindsightError as exc:
+        print(f"hindsightd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The daemon end to end: a real subprocess, real sockets, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from hindsight import audit
+from tests.harness import RATE, Daemon, find_offset, looped_span, noise_wav
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_a_marked_call_is_the_input_sample_for_sample(tmp_path: Path) -> None:
+    source = noise_wav(tmp_path / "in.wav")
+    with Daemon(tmp_path, source="file", file=str(tmp_path / "in.wav")) as d:
+        call_id = d.ok({"op": "start", "line": "desk-01", "agent": "ann"})["call_id"]
+        time.sleep(0.6)
+        d.ok({"op": "mark", "line": "desk-01", "note": "shouting"})
+        time.sleep(0.6)
+        d.ok({"op": "end", "line": "desk-01"})
+        (committed,) = d.wait_for_event("call_committed")
+    recording, rate = sf.read(str(d.state / committed["path"]), dtype="int16", always_2d=True)
+    assert rate == RATE and recording.shape[1] == 2
+    assert 1.0 * RATE < len(recording) < 2.0 * RATE
+    start = find_offset(source, recording)
+    assert np.array_equal(recording, looped_span(source, start, len(recording)))
+    assert committed["call_id"] == call_id and committed["reasons"] == ["marked"]
+    assert committed["purposes"] == ["escalation"]
+    assert committed["seconds"] == round(len(recording) / RATE, 3)
+    sidecar = json.loads((d.state / committed["path"]).with_suffix(".json").read_text())
+    for key, value in committed.items():
+        if key not in {"seq", "time", "event", "prev", "hash"}:
+            assert sidecar[key] == value, key
+    assert sidecar["samplerate"] == RATE and sidecar["channels"] == 2
+    assert sidecar["rolled_seconds"] == 0 and sidecar["agent"] == "ann"
+    assert sidecar["start"] < sidecar["end"]
+    assert sidecar["marks"][0]["note"] == "shouting"
+    assert audit.verify(d.state).ok
+
+
+def test_an_unkept_call_leaves_no_file_and_a_logged_wipe(tmp_path: Path) -> None:
+    with Daemon(tmp_path, one_in=0) as d:
+        call_id = d.ok({"op": "start", "line": "desk-01", "caller": "+31205551234"})["call_id"]
+        time.sleep(0.5)
+        d.ok({"op": "end", "line": "desk-01"})
+        (wiped,) = d.wait_for_event("call_wiped")
+    assert wiped["call_id"] == call_id and wiped["seconds"] > 0.3
+    assert files_under(d.state) == [d.state / "commit.log"]
+    assert "+31205551234" not in (d.state / "commit.log").read_text()
+    assert "+31205551234" not in d.stderr()
+
+
+def test_one_in_one_keeps_every_call_as_sampled(tmp_path: Path) -> None:
+    with Daemon(tmp_path, one_in=1) as d:
+        for _ in range(3):
+            d.ok({"op": "start", "line": "desk-01"})
+            time.sleep(0.2)
+            d.ok({"op": "end", "line": "desk-01"})
+        committed = d.wait_for_event("call_committed", 3)
+    assert [c["reasons"] for c in committed] == [["sampled"]] * 3
+    assert all(c["purposes"] == ["training"] for c in committed)
+    assert not d.events("call_wiped")
+
+
+def test_sigterm_commits_live_kept_calls_and_wipes_the_rest(tmp_path: Path) -> None:
+    lines = [("desk-01", [1]), ("desk-02", [2])]
+    d = Daemon(tmp_path, lines=lines)
+    d.start()
+    kept = d.ok({"op": "start", "line": "desk-01"})["call_id"]
+    unkept = d.ok({"op": "start", "line": "desk-02"})["call_id"]
+    time.sleep(0.4)
+    d.ok({"op": "mark", "line": "desk-01"})
+    assert d.stop(signal.SIGTERM) == 0
+    events = [(e["event"], e.get("call_id")) for e in d.entries()]
+    assert ("call_committed", kept) in events and ("call_wiped", unkept) in events
+    assert events[-1] == ("daemon_stopped", None)
+    assert audit.verify(d.state).ok
+
+
+def test_sigint_stops_cleanly_too(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.start()
+    assert d.stop(signal.SIGINT) == 0
+    assert d.entries()[-1]["event"] == "daemon_stopped"
+
+
+def test_a_restart_continues_the_chain(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    for _ in range(2):
+        d.start()
+        d.ok({"op": "start", "line": "desk-01"})
+        d.ok({"op": "end", "line": "desk-01"})
+        assert d.stop() == 0
+    entries = d.entries()
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    assert [e["event"] for e in entries].count("daemon_started") == 2
+    assert all(b["prev"] == a["hash"] for a, b in zip(entries, entries[1:], strict=False))
+    assert audit.verify(d.state).ok
+
+
+def test_a_call_live_at_a_crash_is_logged_as_lost_after_restart(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.start()
+    call_id = d.ok({"op": "start", "line": "desk-01"})["call_id"]
+    d.stop(signal.SIGKILL)
+    d.start()
+    (lost,) = d.wait_for_event("call_wiped")
+    assert lost["call_id"] == call_id and lost["why"] == "lost_in_crash"
+    assert d.stop() == 0
+    assert audit.verify(d.state).ok
+
+
+def test_a_torn_log_tail_is_reported_and_never_extended(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.start()
+    d.stop()
+    log = d.state / "commit.log"
+    with open(log, "ab") as f:
+        f.write(b'{"seq":3,"time":"2026-')
+    before = log.read_bytes()
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(15) == 1
+    assert "torn" in d.stderr()
+    assert log.read_bytes() == before
+
+
+def test_a_call_id_is_never_reused(tmp_path: Path) -> None:
+    with Daemon(tmp_path) as d:
+        d.ok({"op": "start", "line": "desk-01", "call_id": "c-1"})
+        d.ok({"op": "end", "line": "desk-01"})
+        reply = d.request({"op": "start", "line": "desk-01", "call_id": "c-1"})
+    assert reply["error"]["code"] == "bad_request"
+
+
+def test_status_shows_live_calls_but_never_the_sampling(tmp_path: Path) -> None:
+    replies = []
+    for one_in in (0, 1):
+        run = tmp_path / str(one_in)
+        run.mkdir()
+        with Daemon(run, one_in=one_in, lines=[("desk-01", [1]), ("desk-02", [2])]) as d:
+            call_id = d.ok({"op": "start", "line": "desk-01"})["call_id"]
+            time.sleep(0.5)
+            replies.append(d.ok({"op": "status"}))
+            d.ok({"op": "end", "line": "desk-01"})
+    for reply in replies:
+        live, idle = reply["lines"]
+        assert live["line"] == "desk-01" and live["call_id"] and live["marked"] is False
+        assert 0.3 < live["seconds"] < 2.0
+        assert idle == {**idle, "line": "desk-02", "call_id": None, "marked": False}
+    assert call_id
+    shapes = [json.dumps(r, sort_keys=True) for r in replies]
+    assert "sampl" not in shapes[0] + shapes[1]
+    assert [sorted(r["lines"][0]) for r in replies] == [sorted(replies[0]["lines"][0])] * 2
+
+
+def test_refusals_carry_the_contract_codes(tmp_path: Path) -> None:
+    with Daemon(tmp_path) as d:
+        code = lambda payload: d.request(payload)["error"]["code"]  # noqa: E731
+        assert code({"op": "start", "line": "nope"}) == "unknown_line"
+        assert code({"op": "end", "line": "desk-01"}) == "no_call"
+        assert code({"op": "mark", "line": "desk-01"}) == "no_call"
+        assert code({"op": "fly"}) == "unknown_op"
+        d.ok({"op": "start", "line": "desk-01"})
+        assert code({"op": "start", "line": "desk-01"}) == "call_active"
+        assert code({"op": "mark", "line": "desk-01", "purpose": "marketing"}) == "unknown_purpose"
+        d.ok({"op": "end", "line": "desk-01"})
+
+
+def test_every_frame_gets_exactly_one_reply(tmp_path: Path) -> None:
+    garbage = [
+        [b"", b"not json"],
+        [b"", b"\x00\xff\xfe" * 100],
+        [b"", b"[]"],
+        [b"", b"{" * 200_000],
+        [b"", b'{"op":"ping"}', b"extra"],
+        [b'{"op":"ping"}'],
+        [b"", b""],
+    ]
+    with Daemon(tmp_path) as d:
+        for frames in garbage:
+            reply = d.send_frames(frames)
+            assert len(reply) == 1, frames
+            answer = json.loads(reply[0])
+            if frames == [b'{"op":"ping"}']:
+                assert answer["ok"] is True
+            else:
+                assert answer["error"]["code"] == "bad_request", frames
+        assert d.ok({"op": "ping"})["version"]
+
+
+def test_the_ipc_socket_is_not_world_accessible(tmp_path: Path) -> None:
+    with Daemon(tmp_path):
+        mode = stat.S_IMODE(os.stat(tmp_path / "ctl.sock").st_mode)
+    assert mode & 0o007 == 0 and mode & 0o110 == 0
+
+
+def test_a_call_longer_than_its_limit_rolls_and_says_so(tmp_path: Path) -> None:
+    source = noise_wav(tmp_path / "in.wav")
+    with Daemon(tmp_path, source="file", file=str(tmp_path / "in.wav"), max_call_seconds=1) as d:
+        d.ok({"op": "start", "line": "desk-01"})
+        d.ok({"op": "mark", "line": "desk-01"})
+        time.sleep(2.0)
+        d.ok({"op": "end", "line": "desk-01"})
+        (committed,) = d.wait_for_event("call_committed")
+    recording, _ = sf.read(str(d.state / committed["path"]), dtype="int16", always_2d=True)
+    assert len(recording) == RATE
+    assert np.array_equal(recording, looped_span(source, find_offset(source, recording), RATE))
+    assert 0.7 < committed["rolled_seconds"] < 1.6
+    assert committed["seconds"] == 1.0
