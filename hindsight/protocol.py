@@ -111,6 +111,8 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], Request]] = {
     "mark": _parse_mark,
     "status": lambda m: Status(),
 }
+
+
 def _id(m: Mapping[str, Any], key: str) -> str:
     if key not in m:
         raise ProtocolError("bad_request", f"field '{key}' is required")

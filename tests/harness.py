@@ -120,7 +120,7 @@ class Daemon:
 
     def send_frames(self, frames: list[bytes], timeout: float = 3.0) -> list[bytes]:
         """Send raw frames from a DEALER; return the reply frames (empty delimiter stripped)."""
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         try:
@@ -128,7 +128,7 @@ class Daemon:
             sock.send_multipart(frames)
             if not sock.poll(int(timeout * 1000)):
                 raise TimeoutError("no reply")
-            reply = sock.recv_multipart()
+            reply: list[bytes] = sock.recv_multipart()
             return reply[1:] if reply and reply[0] == b"" else reply
         finally:
             sock.close(linger=0)
@@ -156,7 +156,9 @@ class Daemon:
     def events(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.entries() if e["event"] == kind]
 
-    def wait_for_event(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+    def wait_for_event(
+        self, kind: str, count: int = 1, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = self.events(kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -104,7 +105,7 @@ def test_a_restart_continues_the_chain(tmp_path: Path) -> None:
     entries = d.entries()
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
     assert [e["event"] for e in entries].count("daemon_started") == 2
-    assert all(b["prev"] == a["hash"] for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(entries))
     assert audit.verify(d.state).ok
 
 
@@ -165,7 +166,10 @@ def test_status_shows_live_calls_but_never_the_sampling(tmp_path: Path) -> None:
 
 def test_refusals_carry_the_contract_codes(tmp_path: Path) -> None:
     with Daemon(tmp_path) as d:
-        code = lambda payload: d.request(payload)["error"]["code"]  # noqa: E731
+
+        def code(payload: dict[str, str]) -> str:
+            return str(d.request(payload)["error"]["code"])
+
         assert code({"op": "start", "line": "nope"}) == "unknown_line"
         assert code({"op": "end", "line": "desk-01"}) == "no_call"
         assert code({"op": "mark", "line": "desk-01"}) == "no_call"

@@ -82,13 +82,17 @@ def render_status(reply: dict[str, Any]) -> str:
     text = _table(rows)
     devices = reply.get("devices", [])
     if devices:
-        text += "\n\n" + _table([("DEVICE", "STATE")] + [(d["device"], d["state"]) for d in devices])
+        text += "\n\n" + _table(
+            [("DEVICE", "STATE")] + [(d["device"], d["state"]) for d in devices]
+        )
     return text
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in rows
+    )
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:

@@ -98,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
     status = request(endpoint, {"op": "status"}, args.timeout)
     idle = [line["line"] for line in status["lines"] if line["call_id"] is None]
     if len(idle) < args.lines:
-        raise ClientError(f"the daemon has {len(idle)} idle lines, --lines asks for {args.lines}", 1)
+        raise ClientError(
+            f"the daemon has {len(idle)} idle lines, --lines asks for {args.lines}", 1
+        )
     floor = Floor(endpoint, args.timeout, args.calls)
     threads = [
         threading.Thread(target=floor.run_line, args=(plans,), daemon=True)

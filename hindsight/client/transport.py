@@ -38,7 +38,7 @@ def request(endpoint: str, payload: dict[str, Any], timeout: float) -> dict[str,
 
 
 def _exchange(endpoint: str, frame: bytes, timeout: float) -> Any:
-    context = zmq.Context.instance()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = context.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:

@@ -73,7 +73,9 @@ class Committer:
                 self.log.append("call_committed", **committed.fields)
                 break
             except HindsightError as exc:
-                log.error("call %s not yet on disk, retrying in %.0f s: %s", call.call_id, delay, exc)
+                log.error(
+                    "call %s not yet on disk, retrying in %.0f s: %s", call.call_id, delay, exc
+                )
                 if self._stopping.wait(delay) and delay >= RETRY_MAX:
                     log.critical("giving up on call %s at shutdown: %s", call.call_id, exc)
                     return

@@ -21,7 +21,6 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 
 import zmq
@@ -184,7 +183,9 @@ class PoolWatch:
                 steals - self.seen_steals,
             )
         if drops > self.seen_drops:
-            log.warning("chunk pool exhausted: %d frames could not be held", drops - self.seen_drops)
+            log.warning(
+                "chunk pool exhausted: %d frames could not be held", drops - self.seen_drops
+            )
         self.seen_steals, self.seen_drops = steals, drops
 
 

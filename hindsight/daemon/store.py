@@ -49,9 +49,7 @@ class Committed:
 
 def encode_flac(views: Iterable[Int16Array], samplerate: int, channels: int) -> bytes:
     memory = io.BytesIO()
-    with sf.SoundFile(
-        memory, "w", samplerate, channels, subtype="PCM_16", format="FLAC"
-    ) as flac:
+    with sf.SoundFile(memory, "w", samplerate, channels, subtype="PCM_16", format="FLAC") as flac:
         for view in views:
             flac.write(view)
     return memory.getvalue()
@@ -178,7 +176,10 @@ class Store:
         for name in purposes(call, self.config.sampling.purpose):
             purpose = self.config.purpose(name)
             assert purpose is not None
-            legal[name] = {"legal_basis": purpose.legal_basis, "retention_days": purpose.retention_days}
+            legal[name] = {
+                "legal_basis": purpose.legal_basis,
+                "retention_days": purpose.retention_days,
+            }
         return {
             "start": iso(call.started),
             "end": iso(call.ended),

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hindsight.config import Config, parse_config
+from hindsight.daemon.buffer import Int16Array, Pool
+from hindsight.daemon.calls import CallTable, columns_for, draw_sample
+from hindsight.errors import ProtocolError
+
+CHUNK = 64
+
+
+def make_config(**sections: Any) -> Config:
+    data: dict[str, Any] = {
+        "audio": {"source": "synthetic", "channels": 4, "blocksize": 16},
+        "lines": [{"name": "a", "channels": [1, 2]}, {"name": "b", "channels": [4, 3]}],
+    }
+    data.update(sections)
+    return parse_config(data, Path("/tmp"))
+
+
+def block(frames: int = 16, channels: int = 4, value: int = 0) -> Int16Array:
+    base = np.arange(frames * channels, dtype=np.int16).reshape(frames, channels)
+    return (base + value).astype(np.int16)
+
+
+def table(chunks: int = 64, one_in_draw: bool = False, **sections: Any) -> CallTable:
+    pool = Pool(memory_mb=1, chunk_samples=CHUNK)
+    pool._free = pool._free[-chunks:]  # a smaller pool, still the real class
+    return CallTable(make_config(**sections), pool, draw=lambda: one_in_draw)
+
+
+def test_consecutive_channels_become_a_plain_slice() -> None:
+    assert columns_for((1, 2)) == slice(0, 2)
+    assert columns_for((3,)) == slice(2, 3)
+    assert columns_for((4, 3)) == (3, 2)
+    assert columns_for((1, 3)) == (0, 2)
+
+
+def test_audio_of_an_idle_line_is_dropped() -> None:
+    t = table()
+    free = t.pool.free
+    t.feed("default", block(), False)
+    assert t.pool.free == free
+
+
+def test_feed_routes_each_line_its_channels_in_config_order() -> None:
+    t = table()
+    a = t.start("a", None, None)
+    b = t.start("b", None, None)
+    data = block()
+    t.feed("default", data, False)
+    assert np.array_equal(next(a.buffer.views()), data[:, 0:2])
+    assert np.array_equal(next(b.buffer.views()), data[:, [3, 2]])
+
+
+def test_status_flags_are_counted_per_call() -> None:
+    t = table()
+    call = t.start("a", None, None)
+    t.feed("default", block(), True)
+    t.feed("default", block(), False)
+    t.feed("default", block(), True)
+    assert call.status_flags == 2
+    assert t.status()[0].status_flags == 2
+
+
+def test_fill_silence_keeps_the_timeline_and_counts_the_loss() -> None:
+    t = table()
+    call = t.start("a", None, None)
+    t.feed("default", block(value=1), False)
+    t.fill_silence("default", 40)
+    t.feed("default", block(value=1), False)
+    audio = np.concatenate(list(call.buffer.views()))
+    assert len(audio) == 16 + 40 + 16
+    assert not audio[16:56].any() and audio[:16].any() and audio[56:].any()
+    assert call.lost_frames == 40
+
+
+def test_start_end_mark_enforce_the_line_states() -> None:
+    t = table()
+    with pytest.raises(ProtocolError) as e:
+        t.start("zz", None, None)
+    assert e.value.code == "unknown_line"
+    with pytest.raises(ProtocolError) as e:
+        t.end("a")
+    assert e.value.code == "no_call"
+    t.start("a", "c1", "ann")
+    with pytest.raises(ProtocolError) as e:
+        t.start("a", None, None)
+    assert e.value.code == "call_active"
+    call, new = t.mark("a", "escalation", None)
+    assert new and call.marked and call.kept
+    assert t.mark("a", "escalation", "again")[1] is False
+    assert t.end("a").call_id == "c1"
+
+
+def test_a_dry_pool_rolls_the_longest_unkept_call_before_a_kept_one() -> None:
+    t = table(chunks=8)
+    kept = t.start("a", None, None)
+    t.mark("a", "escalation", None)
+    unkept = t.start("b", None, None)
+    # Each call holds 32 frames (64 samples / 2 channels) per chunk: fill 8 chunks.
+    for _ in range(8):
+        t.feed("default", block(), False)
+    assert t.pool.free == 0
+    assert kept.buffer.held_frames == unkept.buffer.held_frames == 128
+    t.feed("default", block(), False)
+    assert t.pool_steals >= 1
+    assert unkept.buffer.lost_frames > 0
+    assert kept.buffer.lost_frames == 0
+    assert t.pool.free == 0
+
+
+def test_the_pool_never_grows_under_pressure() -> None:
+    t = table(chunks=6)
+    calls = [t.start("a", None, None), t.start("b", None, None)]
+    for _ in range(200):
+        t.feed("default", block(), False)
+    held = sum(c.buffer.chunks for c in calls)
+    assert held == 6 and t.pool.free == 0
+    assert all(c.buffer.total_frames == 200 * 16 for c in calls)
+
+
+def test_released_calls_return_zeroed_chunks() -> None:
+    t = table(chunks=8)
+    t.start("a", None, None)
+    t.feed("default", block(value=5), False)
+    call = t.end("a")
+    indices = [s.index for s in call.buffer.segments]
+    t.release(call)
+    assert t.pool.free == 8
+    assert not t.pool.data[indices].any()
+
+
+def test_the_sampling_draw_is_about_one_in_n() -> None:
+    draws = sum(draw_sample(10) for _ in range(20_000))
+    assert 1600 < draws < 2400
+    assert not any(draw_sample(0) for _ in range(1000))
+    assert all(draw_sample(1) for _ in range(100))
