@@ -42,7 +42,7 @@ def test_blocks_spanning_chunks_are_kept_gap_free() -> None:
     for start in range(0, 300, 7):
         buffer.write(ramp(start, 7, 2), slice(0, 2))
     assert np.array_equal(collected(buffer), ramp(0, 301, 2))
-    assert buffer.total_frames == 301 and buffer.lost_frames == 0
+    assert buffer.total_frames == 301 and buffer.rolled_total == 0
 
 
 def test_scattered_channels_are_copied_in_config_order() -> None:
@@ -62,7 +62,7 @@ def test_a_long_call_rolls_to_exactly_max_frames_of_its_newest_audio() -> None:
         buffer.write(ramp(start, 10, 1), slice(0, 1))
     assert buffer.chunks <= buffer.max_chunks
     assert buffer.kept_frames == 150
-    assert buffer.lost_frames == 850
+    assert buffer.rolled_total == 850
     assert np.array_equal(collected(buffer), ramp(850, 150, 1))
 
 
@@ -90,5 +90,5 @@ def test_surrendered_chunk_is_zeroed_and_counted_as_rolled() -> None:
     index = buffer.surrender_oldest()
     assert index is not None
     assert not pool.data[index].any()
-    assert buffer.lost_frames == CHUNK
+    assert buffer.rolled_total == CHUNK
     assert np.array_equal(collected(buffer), ramp(1 + CHUNK, 2 * CHUNK, 1))

@@ -77,7 +77,7 @@ def test_fill_silence_keeps_the_timeline_and_counts_the_loss() -> None:
     audio = np.concatenate(list(call.buffer.views()))
     assert len(audio) == 16 + 40 + 16
     assert not audio[16:56].any() and audio[:16].any() and audio[56:].any()
-    assert call.lost_frames == 40
+    assert call.gap_frames == 40
 
 
 def test_start_end_mark_enforce_the_line_states() -> None:
@@ -110,8 +110,8 @@ def test_a_dry_pool_rolls_the_longest_unkept_call_before_a_kept_one() -> None:
     assert kept.buffer.held_frames == unkept.buffer.held_frames == 128
     t.feed("default", block(), False)
     assert t.pool_steals >= 1
-    assert unkept.buffer.lost_frames > 0
-    assert kept.buffer.lost_frames == 0
+    assert unkept.buffer.rolled_total > 0
+    assert kept.buffer.rolled_total == 0
     assert t.pool.free == 0
 
 

@@ -156,7 +156,7 @@ class CallBuffer:
         return min(self.held_frames, self.max_frames)
 
     @property
-    def lost_frames(self) -> int:
+    def rolled_total(self) -> int:
         """Frames rolled away, counting the trim down to exactly ``max_frames``."""
         return self.total_frames - self.kept_frames
 

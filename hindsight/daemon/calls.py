@@ -53,7 +53,8 @@ class Call:
     ended: datetime | None = None
     marks: list[MarkEvent] = field(default_factory=list)
     status_flags: int = 0  # blocks PortAudio flagged (overflow and the like)
-    lost_frames: int = 0  # frames a failed device did not deliver (silence in the file)
+    gap_frames: int = 0  # frames a failed device did not deliver (silence in the file)
+    gaps: list[list[int]] = field(default_factory=list)  # [first frame, frames] of each gap
 
     @property
     def marked(self) -> bool:
@@ -217,7 +218,7 @@ class CallTable:
             round(call.seconds(), 3),
             call.marked,
             call.status_flags,
-            round(call.lost_frames / rate, 3),
+            round(call.gap_frames / rate, 3),
         )
 
     # -- audio thread -------------------------------------------------------
@@ -237,8 +238,18 @@ class CallTable:
             for route in self._routes[device]:
                 call = self._slots[route.slot]
                 if call is not None:
-                    call.lost_frames += frames
+                    self._note_gap(call, frames)
                     self._append_silence(call, frames)
+
+    @staticmethod
+    def _note_gap(call: Call, frames: int) -> None:
+        at = call.buffer.total_frames
+        last = call.gaps[-1] if call.gaps else None
+        if last is not None and last[0] + last[1] == at:
+            last[1] += frames  # the same outage, one supervisor tick later
+        else:
+            call.gaps.append([at, frames])
+        call.gap_frames += frames
 
     def _append(self, call: Call, block: Int16Array, columns: slice | tuple[int, ...]) -> None:
         written = call.buffer.write(block, columns)

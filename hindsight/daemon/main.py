@@ -47,8 +47,9 @@ COMMIT_LOG = "commit.log"
 
 def build_sources(config: Config) -> list[Source]:
     if config.audio.source == "sounddevice":
-        from hindsight.daemon.capture import DeviceSource
+        from hindsight.daemon.capture import DeviceSource, check_devices
 
+        check_devices(config.audio.devices)
         return [DeviceSource(config.audio, device) for device in config.audio.devices]
     return [loop_source(config.audio, device) for device in config.audio.devices]
 
@@ -96,7 +97,10 @@ class Daemon:
         pool: Pool,
     ) -> None:
         for source in sources:
-            source.start(functools.partial(table.feed, source.name))
+            source.start(
+                functools.partial(table.feed, source.name),
+                functools.partial(table.fill_silence, source.name),
+            )
         committer.start()
         commit_log.append("daemon_started", version=__version__)
         _close_calls_lost_in_crash(commit_log)

@@ -3,7 +3,9 @@
 A source calls ``deliver(block, flagged)`` with ``block`` an int16 array of
 ``(blocksize, channels)`` that is only valid during the call, and ``flagged``
 true when the driver reported a problem with the block (an input overflow).
-That callback is the audio path: see ``CallTable.feed``.
+That callback is the audio path: see ``CallTable.feed``. A source whose device
+fails calls ``on_gap(frames)`` for the audio it could not deliver, so that
+live calls keep their timeline (``CallTable.fill_silence``).
 
 - ``LoopSource`` plays a table of audio as live input, paced in real time
   against an absolute clock (block n is due at t0 + n * blocksize / rate), so
@@ -31,12 +33,13 @@ from hindsight.errors import SourceError
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[Int16Array, bool], None]
+Gap = Callable[[int], None]  # frames of audio a failed device did not deliver
 
 
 class Source(Protocol):
     name: str
 
-    def start(self, deliver: Deliver) -> None: ...
+    def start(self, deliver: Deliver, on_gap: Gap) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -57,7 +60,7 @@ class LoopSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self, deliver: Deliver) -> None:
+    def start(self, deliver: Deliver, on_gap: Gap) -> None:
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._run, args=(deliver,), name=f"source-{self.name}", daemon=True

@@ -157,8 +157,8 @@ class Store:
             "path": path.relative_to(self.root).as_posix(),
             "sha256": digest,
             "seconds": round(call.buffer.kept_frames / rate, 3),
-            "rolled_seconds": round(call.buffer.lost_frames / rate, 3),
-            "lost_seconds": round(call.lost_frames / rate, 3),
+            "rolled_seconds": round(call.buffer.rolled_total / rate, 3),
+            "lost_seconds": round(call.gap_frames / rate, 3),
             "status_flags": call.status_flags,
         }
 
@@ -172,6 +172,7 @@ class Store:
 
     def _sidecar_extra(self, call: Call) -> dict[str, Any]:
         assert call.ended is not None
+        rate = call.samplerate
         legal = {}
         for name in purposes(call, self.config.sampling.purpose):
             purpose = self.config.purpose(name)
@@ -191,6 +192,10 @@ class Store:
             "legal_bases": legal,
             "marks": [
                 {"purpose": m.purpose, "time": iso(m.time), "note": m.note} for m in call.marks
+            ],
+            "gaps": [
+                {"at_seconds": round(at / rate, 3), "seconds": round(n / rate, 3)}
+                for at, n in call.gaps
             ],
             "hindsight_version": __version__,
         }
