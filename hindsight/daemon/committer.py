@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from hindsight.commitlog import CommitLog
 from hindsight.daemon.calls import Call, CallTable
@@ -24,6 +26,7 @@ from hindsight.errors import HindsightError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
 
@@ -66,22 +69,27 @@ class Committer:
             self._wipe(call)
 
     def _commit(self, call: Call) -> None:
+        # Two steps, each retried on its own: a log that cannot be appended to
+        # must not make the store write the recording again and again.
+        committed = self._retrying(call, lambda: self.store.commit(call))
+        if committed is None:
+            return
+        if self._retrying(call, lambda: self.log.append("call_committed", **committed.fields)):
+            self.table.release(call)
+            log.info("call %s committed (%s)", call.call_id, ", ".join(committed.fields["reasons"]))
+
+    def _retrying(self, call: Call, step: Callable[[], T]) -> T | None:
+        """Run ``step`` until it succeeds; None when shutdown ends the retries."""
         delay = RETRY_FIRST
         while True:
             try:
-                committed = self.store.commit(call)
-                self.log.append("call_committed", **committed.fields)
-                break
+                return step()
             except HindsightError as exc:
-                log.error(
-                    "call %s not yet on disk, retrying in %.0f s: %s", call.call_id, delay, exc
-                )
+                log.error("call %s not yet kept, retrying in %.0f s: %s", call.call_id, delay, exc)
                 if self._stopping.wait(delay) and delay >= RETRY_MAX:
-                    log.critical("giving up on call %s at shutdown: %s", call.call_id, exc)
-                    return
+                    log.critical("gave up on call %s at shutdown: %s", call.call_id, exc)
+                    return None
                 delay = min(delay * 2, RETRY_MAX)
-        self.table.release(call)
-        log.info("call %s committed (%s)", call.call_id, ", ".join(committed.fields["reasons"]))
 
     def _wipe(self, call: Call) -> None:
         seconds = round(call.buffer.total_frames / call.samplerate, 3)

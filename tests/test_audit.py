@@ -1,0 +1,436 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hindsight.audit import report, verify
+from hindsight.commitlog import GENESIS, CommitLog, entry_hash
+from hindsight.errors import CommitLogError
+
+DAY = "recordings/2026/11/28"
+
+
+def write_recording(state: Path, call_id: str, audio: bytes) -> dict[str, Any]:
+    """A small recording plus sidecar; returns the file fields of its ``call_committed``."""
+    rel = f"{DAY}/{call_id}.flac"
+    (state / DAY).mkdir(parents=True, exist_ok=True)
+    (state / rel).write_bytes(audio)
+    digest = hashlib.sha256(audio).hexdigest()
+    sidecar = {"call_id": call_id, "sha256": digest, "path": rel, "samplerate": 16000}
+    (state / f"{DAY}/{call_id}.json").write_text(json.dumps(sidecar))
+    return {"path": rel, "sha256": digest}
+
+
+def commit(
+    log: CommitLog, state: Path, call_id: str, line: str, purposes: dict[str, str], **more: Any
+) -> None:
+    log.append(
+        "call_committed",
+        call_id=call_id,
+        line=line,
+        purposes=list(purposes),
+        retention=purposes,
+        retain_until=max(purposes.values()),
+        **write_recording(state, call_id, f"fLaC {call_id}".encode() * 100),
+        **more,
+    )
+
+
+def start(log: CommitLog, call_id: str, line: str, agent: str | None) -> None:
+    log.append("call_started", call_id=call_id, line=line, agent=agent)
+
+
+def wipe(log: CommitLog, call_id: str, line: str, seconds: float, why: str = "not_kept") -> None:
+    log.append("call_wiped", call_id=call_id, line=line, seconds=seconds, why=why)
+
+
+def build_state(state: Path) -> Path:
+    """Two daemon runs, the first ending in a crash; every kind of outcome once or more.
+
+    c1 desk-01 ann   marked     escalation  12.5 s kept
+    c2 desk-02 -     wiped                  30 s
+    c3 desk-01 bob   sampled    training    40 s kept, 2.5 rolled; later deleted
+    c4 desk-02 ann   open when the first run crashed; closed as lost_in_crash
+    c5 desk-01 ann   sampled+marked  training, escalation  7.25 s kept
+    """
+    esc, train = "2028-11-28T10:00:00.000Z", "2027-02-28T10:00:00.000Z"
+    with CommitLog.open(state / "commit.log") as log:
+        log.append("daemon_started", version="0.1.0")
+        start(log, "c1", "desk-01", "ann")
+        log.append("call_marked", call_id="c1", line="desk-01", purpose="escalation")
+        commit(log, state, "c1", "desk-01", {"escalation": esc}, reasons=["marked"], seconds=12.5)
+        start(log, "c2", "desk-02", None)
+        wipe(log, "c2", "desk-02", 30)
+        start(log, "c3", "desk-01", "bob")
+        commit(
+            log, state, "c3", "desk-01", {"training": train},
+            reasons=["sampled"], seconds=40, rolled_seconds=2.5,
+        )  # fmt: skip
+        start(log, "c4", "desk-02", "ann")
+        log.append("daemon_started", version="0.1.0")
+        wipe(log, "c4", "desk-02", 0, why="lost_in_crash")
+        log.append("recording_deleted", call_id="c3", path=f"{DAY}/c3.flac", why="retention")
+        start(log, "c5", "desk-01", "ann")
+        commit(
+            log, state, "c5", "desk-01", {"training": train, "escalation": esc},
+            reasons=["sampled", "marked"], seconds=7.25, rolled_seconds=0,
+        )  # fmt: skip
+        log.append("daemon_stopped", version="0.1.0")
+    (state / f"{DAY}/c3.flac").unlink()
+    (state / f"{DAY}/c3.json").unlink()
+    return state / "commit.log"
+
+
+def append_raw(path: Path, event: str, /, **fields: Any) -> None:
+    """Chain a line by hand, bypassing CommitLog's refusals, as a buggy or hostile writer would."""
+    lines = path.read_bytes().splitlines()
+    last: dict[str, Any] = json.loads(lines[-1]) if lines else {"seq": 0, "hash": GENESIS}
+    entry = {"seq": last["seq"] + 1, "time": "2026-11-28T23:00:00.000Z", "event": event}
+    entry.update(fields, prev=last["hash"])
+    entry["hash"] = entry_hash(entry)
+    with path.open("ab") as handle:
+        handle.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+
+
+def assert_fails(state: Path, *needles: str) -> str:
+    result = verify(state)
+    assert not result.ok and result.problem is not None
+    for needle in needles:
+        assert needle in result.problem
+    assert "\n" not in result.problem
+    return result.problem
+
+
+# --- verify: the intact case ---------------------------------------------------------------
+
+
+def test_intact_state_verifies(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    result = verify(tmp_path)
+    assert result.ok, result.problem
+    assert (result.problem, result.entries, result.recordings) == (None, 15, 2)
+
+
+def test_empty_log_verifies(tmp_path: Path) -> None:
+    CommitLog.open(tmp_path / "commit.log").close()
+    assert verify(tmp_path).ok
+
+
+def test_missing_log_fails(tmp_path: Path) -> None:
+    assert_fails(tmp_path, "commit.log is missing")
+
+
+# --- verify: tampering with the log ---------------------------------------------------------
+
+
+def nth(data: bytes, needle: bytes, n: int = 1) -> int:
+    at = -1
+    for _ in range(n):
+        at = data.index(needle, at + 1)
+    return at
+
+
+FLIP_POSITIONS: dict[str, Callable[[bytes], int]] = {
+    "first-byte": lambda d: 0,
+    "inside-seq": lambda d: nth(d, b'"seq":', 4) + 6,
+    "inside-time": lambda d: nth(d, b'"time":"', 2) + 12,
+    "inside-event-name": lambda d: nth(d, b"call_wiped") + 5,
+    "inside-a-field-value": lambda d: nth(d, b'"agent":"bob"') + 10,
+    "inside-seconds": lambda d: nth(d, b'"seconds":30') + 10,
+    "inside-prev": lambda d: nth(d, b'"prev":"', 3) + 30,
+    "inside-a-hash": lambda d: nth(d, b'"hash":"', 5) + 20,
+    "inside-the-last-hash": lambda d: d.rindex(b'"hash":"') + 40,
+    "a-newline": lambda d: nth(d, b"\n", 7),
+    "the-final-newline": lambda d: len(d) - 1,
+}
+
+
+@pytest.mark.parametrize("where", FLIP_POSITIONS.values(), ids=FLIP_POSITIONS.keys())
+def test_flipping_one_byte_of_the_log_fails_naming_a_line(
+    tmp_path: Path, where: Callable[[bytes], int]
+) -> None:
+    path = build_state(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[where(bytes(data))] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert_fails(tmp_path, "commit.log line ")
+
+
+def test_flipping_any_byte_of_the_log_fails(tmp_path: Path) -> None:
+    path = tmp_path / "commit.log"
+    with CommitLog.open(path) as log:
+        log.append("daemon_started", version="0.1.0")
+        start(log, "c1", "desk-01", "Zoë")
+        commit(log, tmp_path, "c1", "desk-01", {"training": "2027"}, reasons=["sampled"])
+        log.append("daemon_stopped", version="0.1.0")
+    good = path.read_bytes()
+    assert verify(tmp_path).ok
+    missed = []
+    for at in range(len(good)):
+        data = bytearray(good)
+        data[at] ^= 0x01
+        path.write_bytes(bytes(data))
+        if verify(tmp_path).ok:
+            missed.append(at)
+    assert missed == []
+
+
+def test_dropping_a_line_fails_naming_it(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:5] + lines[6:]))
+    assert_fails(tmp_path, "commit.log line 6:", "seq is 7, expected 6")
+
+
+def test_swapping_two_lines_fails_naming_them(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[4], lines[5] = lines[5], lines[4]
+    path.write_bytes(b"".join(lines))
+    assert_fails(tmp_path, "commit.log line 5:", "seq is 6, expected 5")
+
+
+def test_editing_a_field_and_rehashing_its_line_fails_at_the_next_line(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    edited = json.loads(lines[5])
+    assert edited["event"] == "call_wiped"
+    edited["seconds"] = 3
+    edited["hash"] = entry_hash(edited)
+    lines[5] = json.dumps(edited, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    assert_fails(tmp_path, "commit.log line 7:", "hash of line 6")
+
+
+def test_a_torn_tail_fails_and_the_log_is_left_as_it_was(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    torn = path.read_bytes()[:-25]
+    path.write_bytes(torn)
+    offset = torn.rindex(b"\n") + 1
+    assert_fails(tmp_path, "commit.log line 15:", "torn", f"byte offset {offset}")
+    assert path.read_bytes() == torn
+
+
+def test_a_line_that_is_not_a_json_object_fails(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*lines[:3], b'"just a string"\n', *lines[3:]]))
+    assert_fails(tmp_path, "commit.log line 4: not a JSON object")
+
+
+def test_a_chain_problem_outranks_an_earlier_call_problem(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    append_raw(path, "call_wiped", call_id="c2", line="desk-02", seconds=1)
+    path.write_bytes(path.read_bytes().replace(b'"seconds":40', b'"seconds":41'))
+    assert_fails(tmp_path, "line 8:", "hash does not match")
+
+
+# --- verify: recordings --------------------------------------------------------------------
+
+
+def test_a_recording_whose_bytes_changed_fails(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    flac = tmp_path / DAY / "c5.flac"
+    data = bytearray(flac.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    flac.write_bytes(bytes(data))
+    assert_fails(tmp_path, "commit.log line 14:", "c5.flac", "sha256")
+
+
+def test_a_missing_recording_fails(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    (tmp_path / DAY / "c1.flac").unlink()
+    assert_fails(tmp_path, "commit.log line 4:", "c1.flac", "missing")
+
+
+def test_a_missing_sidecar_fails(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    (tmp_path / DAY / "c1.json").unlink()
+    assert_fails(tmp_path, "commit.log line 4:", "sidecar", "c1.json", "missing")
+
+
+def test_a_sidecar_of_another_recording_fails(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    (tmp_path / DAY / "c1.json").write_bytes((tmp_path / DAY / "c5.json").read_bytes())
+    assert_fails(tmp_path, "commit.log line 4:", "sidecar", "disagrees")
+
+
+def test_a_recording_deleted_with_recording_deleted_is_fine(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    assert not (tmp_path / DAY / "c3.flac").exists()
+    assert verify(tmp_path).ok
+
+
+def test_a_recording_logged_as_deleted_but_still_there_fails(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    write_recording(tmp_path, "c3", b"fLaC c3" * 100)
+    assert_fails(tmp_path, "commit.log line 12:", "c3.flac", "still exists")
+
+
+def test_a_recording_path_outside_the_state_dir_fails(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    append_raw(path, "call_started", call_id="c6", line="desk-01", agent=None)
+    append_raw(path, "call_committed", call_id="c6", line="desk-01", path="../x", sha256="0")
+    assert_fails(tmp_path, "commit.log line 17:", "not a relative path inside")
+
+
+# --- verify: call rules --------------------------------------------------------------------
+
+
+def test_a_second_outcome_fails(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    append_raw(path, "call_wiped", call_id="c1", line="desk-01", seconds=12.5, why="not_kept")
+    assert_fails(tmp_path, "commit.log line 16:", "second outcome", "line 4")
+
+
+@pytest.mark.parametrize("event", ["call_wiped", "call_committed", "call_marked"])
+def test_an_event_for_a_call_never_started_fails(tmp_path: Path, event: str) -> None:
+    path = build_state(tmp_path)
+    append_raw(path, event, call_id="ghost", line="desk-01", seconds=1)
+    assert_fails(tmp_path, "commit.log line 16:", "'ghost'", "never started")
+
+
+def test_a_mark_after_the_outcome_fails(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    append_raw(path, "call_marked", call_id="c2", line="desk-02", purpose="escalation")
+    assert_fails(tmp_path, "commit.log line 16:", "after its outcome")
+
+
+def test_reusing_a_call_id_fails(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    append_raw(path, "daemon_started", version="0.1.0")
+    append_raw(path, "call_started", call_id="c2", line="desk-01", agent=None)
+    assert_fails(tmp_path, "commit.log line 17:", "reuses call id 'c2'", "line 5")
+
+
+def test_an_open_call_in_the_live_last_run_is_fine(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    with CommitLog.open(path) as log:
+        log.append("daemon_started", version="0.1.0")
+        start(log, "c6", "desk-01", None)
+    assert verify(tmp_path).ok
+
+
+def test_an_open_call_in_a_stopped_run_fails(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    with CommitLog.open(path) as log:
+        log.append("daemon_started", version="0.1.0")
+        start(log, "c6", "desk-01", None)
+        log.append("daemon_stopped", version="0.1.0")
+    assert_fails(tmp_path, "commit.log line 17:", "'c6' has no outcome", "stopped on line 18")
+
+
+def test_an_open_call_left_by_a_crash_and_never_closed_fails(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    with CommitLog.open(path) as log:
+        log.append("daemon_started", version="0.1.0")
+        start(log, "c6", "desk-01", None)
+        log.append("daemon_started", version="0.1.0")
+    assert_fails(tmp_path, "commit.log line 17:", "'c6' has no outcome", "run started on line 18")
+
+
+def test_unknown_events_are_accepted(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    with CommitLog.open(path) as log:
+        log.append("retention_reviewed", by="dpo")
+    assert verify(tmp_path).ok
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def test_report_totals(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    figures = report(tmp_path).to_json()["totals"]
+    assert figures == {
+        "started": 5,
+        "committed": 3,
+        "wiped": 2,
+        "lost_in_crash": 1,
+        "deleted": 1,
+        "open": 0,
+        "by_reason": {"sampled": 2, "marked": 2},
+        "by_purpose": {"escalation": 2, "training": 2},
+        "seconds_kept": 59.75,
+        "seconds_wiped": 30.0,
+        "rolled_seconds": 2.5,
+    }
+
+
+def test_report_per_line_and_agent(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    data = report(tmp_path).to_json()
+    assert list(data["per_line"]) == ["desk-01", "desk-02"]
+    assert list(data["per_agent"]) == ["(none)", "ann", "bob"]
+    desk1, desk2 = data["per_line"]["desk-01"], data["per_line"]["desk-02"]
+    assert (desk1["started"], desk1["committed"], desk1["wiped"], desk1["deleted"]) == (3, 3, 0, 1)
+    assert desk1["by_reason"] == {"sampled": 2, "marked": 2}
+    assert desk1["seconds_kept"] == 59.75
+    assert (desk2["started"], desk2["wiped"], desk2["lost_in_crash"]) == (2, 2, 1)
+    assert desk2["seconds_wiped"] == 30.0
+    ann, bob, none = (data["per_agent"][a] for a in ("ann", "bob", "(none)"))
+    assert (ann["started"], ann["committed"], ann["lost_in_crash"]) == (3, 2, 1)
+    assert ann["by_purpose"] == {"escalation": 2, "training": 1}
+    assert (bob["committed"], bob["deleted"], bob["rolled_seconds"]) == (1, 1, 2.5)
+    assert bob["by_reason"] == {"sampled": 1, "marked": 0}
+    assert (none["started"], none["wiped"], none["committed"]) == (1, 1, 0)
+
+
+def test_report_json_keys_and_times(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    data = report(tmp_path).to_json()
+    assert list(data) == ["entries", "first_time", "last_time", "totals", "per_line", "per_agent"]
+    figure_keys = list(data["totals"])
+    assert figure_keys == [
+        *("started", "committed", "wiped", "lost_in_crash", "deleted", "open"),
+        *("by_reason", "by_purpose", "seconds_kept", "seconds_wiped", "rolled_seconds"),
+    ]
+    assert all(list(f) == figure_keys for f in data["per_line"].values())
+    lines = [json.loads(line) for line in path.read_bytes().splitlines()]
+    assert data["entries"] == 15
+    assert (data["first_time"], data["last_time"]) == (lines[0]["time"], lines[-1]["time"])
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_report_counts_an_open_call(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    with CommitLog.open(path) as log:
+        start(log, "c6", "desk-03", "cy")
+    data = report(tmp_path).to_json()
+    assert data["totals"]["open"] == 1
+    assert data["per_line"]["desk-03"]["open"] == 1 and data["per_agent"]["cy"]["open"] == 1
+    assert data["per_line"]["desk-01"]["open"] == 0
+
+
+def test_render_shows_the_figures_in_aligned_tables(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    text = report(tmp_path).render()
+    for heading in ("Totals", "Commits by reason", "Commits by purpose", "Per line", "Per agent"):
+        assert f"\n{heading}\n" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    assert rows["desk-01"][1:12] == ["3", "3", "2", "2", "0", "0", "1", "0", "59.8", "0.0", "2.5"]
+    assert rows["desk-02"][1:12] == ["2", "0", "0", "0", "2", "1", "0", "0", "0.0", "30.0", "0.0"]
+    assert rows["ann"][-2:] == ["escalation=2", "training=1"]
+    assert rows["(none)"][1:6] == ["1", "0", "0", "0", "1"]
+    assert rows["sampled"] == ["sampled", "2"] and rows["training"] == ["training", "2"]
+    header, *body = text.split("\nPer line\n")[1].split("\n\n")[0].splitlines()[1:]
+    end = header.index("rolled s") + len("rolled s")
+    assert [row[:end].split()[-1] for row in body] == ["2.5", "0.0"]
+    assert all(row[end] == " " for row in body)
+
+
+def test_report_refuses_a_broken_chain(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    path.write_bytes(path.read_bytes().replace(b'"seconds":40', b'"seconds":41'))
+    with pytest.raises(CommitLogError, match="line 8"):
+        report(tmp_path)
+
+
+def test_report_on_a_missing_log_raises(tmp_path: Path) -> None:
+    with pytest.raises(CommitLogError, match="missing"):
+        report(tmp_path)
