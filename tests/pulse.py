@@ -58,6 +58,7 @@ __all__ = [
     "pulse_available",
     "read_wav_int16",
     "resample",
+    "unavailable",
     "write_tone_wav",
     "write_wav_int16",
 ]
@@ -101,6 +102,16 @@ def _alsa_defines_pcm_pulse() -> bool:
             if "pcm.pulse" in text:
                 return True
     return False
+
+
+def unavailable(reason: str) -> None:
+    """Skip on a developer's machine that lacks a system package; fail in CI, where
+    ./run test installs them, so that a missing feature never hides behind a skip."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"test infrastructure unavailable in CI: {reason}")
+    pytest.skip(reason)
 
 
 def pulse_available() -> str | None:

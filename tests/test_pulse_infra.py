@@ -9,42 +9,24 @@ Missing system packages skip these tests locally; with CI set they fail instead.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.pulse import (
     Capture,
     PulseServer,
     best_ncc,
     espeak_wav,
-    pulse_available,
     read_wav_int16,
+    unavailable,
     write_tone_wav,
 )
 
 RATE = 16000
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"PulseAudio test infrastructure unavailable in CI: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def pulse(tmp_path: Path) -> Iterator[PulseServer]:
-    reason = pulse_available()
-    if reason is not None:
-        _unavailable(reason)
-    with PulseServer(tmp_path / "pulse", samplerate=RATE, channels=2) as server:
-        yield server
 
 
 def _play(server: PulseServer, wav: Path) -> None:
@@ -80,7 +62,7 @@ def test_tone_capture_matches_and_channels_not_swapped(pulse: PulseServer, tmp_p
 
 def test_speech_capture_through_server_resampler(pulse: PulseServer, tmp_path: Path) -> None:
     if shutil.which("espeak-ng") is None:
-        _unavailable("espeak-ng not found (apt-get install espeak-ng)")
+        unavailable("espeak-ng not found (apt-get install espeak-ng)")
     raw = tmp_path / "speech22k.wav"
     subprocess.run(["espeak-ng", "-w", str(raw), "one two three"], check=True, timeout=30)
     _, native_rate = read_wav_int16(raw)

@@ -42,6 +42,9 @@ from hindsight.errors import SourceError
 log = logging.getLogger(__name__)
 
 STALL_SECONDS = 1.0
+# A fresh stream may take a while for its first block (an idle PulseAudio
+# null sink renders in 2 s periods), so silence is judged only after one.
+FIRST_BLOCK_SECONDS = 5.0
 TICK_SECONDS = 0.1
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
@@ -111,6 +114,7 @@ class DeviceSource:
         self._on_gap: Gap | None = None
         self._state = "stopped"
         self.last_block = 0.0
+        self._opened_at = 0.0
         self._lost_since = 0.0
         self._gap_filled = 0
         self._retry_at = 0.0
@@ -159,7 +163,8 @@ class DeviceSource:
             log.debug("device %s: open failed: %s", self.name, exc)
             return False
         self._stream = stream
-        self.last_block = time.monotonic()
+        self._opened_at = time.monotonic()
+        self.last_block = 0.0
         self._state = "running"
         return True
 
@@ -179,10 +184,12 @@ class DeviceSource:
         """One supervisor step: notice a failure, account for lost time, retry when due."""
         if self._state == "running":
             stream = self._stream
+            since = self.last_block or self._opened_at
+            limit = STALL_SECONDS if self.last_block else FIRST_BLOCK_SECONDS
             if stream is None or not stream.active:
                 self._lost(now, "its stream stopped")
-            elif now - self.last_block > STALL_SECONDS:
-                self._lost(now, f"no audio for {now - self.last_block:.1f} s")
+            elif now - since > limit:
+                self._lost(now, f"no audio for {now - since:.1f} s")
         if self._state == "lost":
             self._fill_gap(now)
             if now >= self._retry_at:
@@ -191,7 +198,7 @@ class DeviceSource:
     def _lost(self, now: float, why: str) -> None:
         self._close()
         self._state = "lost"
-        self._lost_since = min(now, self.last_block) if self.last_block else now
+        self._lost_since = min(now, self.last_block or self._opened_at or now)
         self._gap_filled = 0
         self._backoff = RETRY_FIRST
         self._retry_at = now + self._backoff
