@@ -40,12 +40,17 @@ def config_text(tmp: Path, **over: Any) -> str:
         "memory_mb": 16,
         "max_call_seconds": 600,
         "lines": [("desk-01", [1, 2])],
+        "devices": [],
         "extra": "",
     }
     o.update(over)
-    lines = "".join(
-        f'\n[[lines]]\nname = "{name}"\nchannels = {list(chans)}\n' for name, chans in o["lines"]
+    lines = "".join(_line(*line) for line in o["lines"])
+    devices = "".join(
+        f'\n[[devices]]\nname = "{name}"\ndevice = "{device}"\nchannels = {channels}\n'
+        for name, device, channels in o["devices"]
     )
+    single = "" if devices else f'device = "{o["device"]}"\nchannels = {o["channels"]}'
+
     return f"""
 [daemon]
 state_dir = "state"
@@ -54,9 +59,8 @@ control = "ipc://{tmp}/ctl.sock"
 [audio]
 source = "{o["source"]}"
 file = "{o["file"]}"
-device = "{o["device"]}"
+{single}
 samplerate = {RATE}
-channels = {o["channels"]}
 blocksize = {o["blocksize"]}
 
 [buffer]
@@ -65,9 +69,15 @@ memory_mb = {o["memory_mb"]}
 
 [sampling]
 one_in = {o["one_in"]}
+{devices}
 {lines}
 {o["extra"]}
 """
+
+
+def _line(name: str, channels: list[int], device: str | None = None) -> str:
+    on = f'device = "{device}"\n' if device else ""
+    return f'\n[[lines]]\nname = "{name}"\nchannels = {list(channels)}\n{on}'
 
 
 class Daemon:

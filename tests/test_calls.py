@@ -141,3 +141,45 @@ def test_the_sampling_draw_is_about_one_in_n() -> None:
     assert 1600 < draws < 2400
     assert not any(draw_sample(0) for _ in range(1000))
     assert all(draw_sample(1) for _ in range(100))
+
+
+def two_device_table() -> CallTable:
+    config = parse_config(
+        {
+            "audio": {"source": "synthetic", "blocksize": 16},
+            "devices": [
+                {"name": "card", "channels": 4},
+                {"name": "headset", "channels": 2},
+            ],
+            "lines": [
+                {"name": "a", "channels": [3, 4], "device": "card"},
+                {"name": "b", "channels": [1, 2], "device": "headset"},
+            ],
+        },
+        Path("/tmp"),
+    )
+    return CallTable(config, Pool(memory_mb=1, chunk_samples=CHUNK), draw=lambda: False)
+
+
+def test_each_device_feeds_only_its_own_lines() -> None:
+    t = two_device_table()
+    a = t.start("a", None, None)
+    b = t.start("b", None, None)
+    card = block(channels=4, value=100)
+    t.feed("card", card, False)
+    assert a.buffer.total_frames == 16 and b.buffer.total_frames == 0
+    assert np.array_equal(next(a.buffer.views()), card[:, 2:4])
+    t.feed("headset", block(channels=2), False)
+    assert a.buffer.total_frames == 16 and b.buffer.total_frames == 16
+
+
+def test_a_failed_device_silences_only_its_own_lines() -> None:
+    t = two_device_table()
+    a = t.start("a", None, None)
+    b = t.start("b", None, None)
+    t.fill_silence("headset", 800)
+    t.fill_silence("headset", 200)
+    t.feed("card", block(channels=4), False)
+    assert b.gap_frames == 1000 and b.gaps == [[0, 1000]]
+    assert a.gap_frames == 0 and a.buffer.total_frames == 16
+    assert [s.lost_seconds for s in t.status()] == [0.0, round(1000 / 16000, 3)]

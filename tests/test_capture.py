@@ -167,3 +167,16 @@ def test_an_unknown_device_is_an_error_that_lists_the_devices(
         capture.check_devices(config().audio.devices)
     assert "No input device matching 'pulse'" in str(caught.value)
     assert "Scarlett 18i20" in str(caught.value)
+
+
+def test_a_fresh_stream_gets_time_for_its_first_block() -> None:
+    src, _ = source()
+    src.stop()
+    src._state = "running"
+    src._stream = FakeStream.opened[0]
+    FakeStream.opened[0].active = True
+    src._opened_at, src.last_block = 10.0, 0.0
+    src.check(10.0 + capture.STALL_SECONDS + 1.0)
+    assert src.state() == "running"
+    src.check(10.0 + capture.FIRST_BLOCK_SECONDS + 0.1)
+    assert src.state() == "lost"

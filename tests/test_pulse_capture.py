@@ -42,14 +42,15 @@ def pulse_daemon(tmp: Path, server: PulseServer) -> Daemon:
     return Daemon(tmp, env=server.client_env(), source="sounddevice", device="pulse", channels=2)
 
 
-def device_state(d: Daemon) -> str:
-    return str(d.ok({"op": "status"})["devices"][0]["state"])
+def device_states(d: Daemon) -> set[str]:
+    return {str(device["state"]) for device in d.ok({"op": "status"})["devices"]}
 
 
 def wait_state(d: Daemon, state: str, timeout: float = 15.0) -> None:
+    """Wait until every device of the daemon is in ``state``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if device_state(d) == state:
+        if device_states(d) == {state}:
             return
         time.sleep(0.1)
     raise AssertionError(f"device never became {state}: {d.stderr()}")
@@ -154,3 +155,32 @@ def test_an_unknown_device_stops_start_up_and_lists_the_devices(
     err = d.stderr()
     assert "no-such-card" in err and "pulse" in err
     assert "Traceback" not in err
+
+
+def test_several_devices_each_feed_their_own_lines(pulse: PulseServer, tmp_path: Path) -> None:
+    wav, ref = stereo_reference(tmp_path)
+    d = Daemon(
+        tmp_path,
+        env=pulse.client_env(),
+        source="sounddevice",
+        devices=[("headset", "pulse", 2), ("softphone", "pulse", 2)],
+        lines=[("desk-01", [1, 2], "headset"), ("desk-02", [2, 1], "softphone")],
+    )
+    with d:
+        devices = d.ok({"op": "status"})["devices"]
+        assert [x["device"] for x in devices] == ["headset", "softphone"]
+        wait_state(d, "running")
+        for line in ("desk-01", "desk-02"):
+            d.ok({"op": "start", "line": line})
+        time.sleep(0.3)
+        play(pulse, wav)
+        time.sleep(0.3)
+        for line in ("desk-01", "desk-02"):
+            d.ok({"op": "mark", "line": line})
+            d.ok({"op": "end", "line": line})
+        committed = {c["line"]: c for c in d.wait_for_event("call_committed", 2)}
+    first = recording(d, committed["desk-01"])
+    second = recording(d, committed["desk-02"])
+    assert best_ncc(first[:, 0], ref[:, 0])[0] > 0.9
+    assert best_ncc(second[:, 0], ref[:, 1])[0] > 0.9  # desk-02 stores channel 2 first
+    assert best_ncc(second[:, 1], ref[:, 0])[0] > 0.9
