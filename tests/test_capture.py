@@ -17,6 +17,7 @@ import sounddevice as sd
 from hindsight.config import Config, parse_config
 from hindsight.daemon import capture
 from hindsight.daemon.capture import DeviceSource
+from hindsight.errors import SourceError
 
 
 class FakeStream:
@@ -162,8 +163,8 @@ def test_an_unknown_device_is_an_error_that_lists_the_devices(
             ]
         raise ValueError(f"No input device matching {device!r}")
 
-    monkeypatch.setattr(capture.sd, "query_devices", query)
-    with pytest.raises(capture.SourceError) as caught:
+    monkeypatch.setattr(sd, "query_devices", query)
+    with pytest.raises(SourceError) as caught:
         capture.check_devices(config().audio.devices)
     assert "No input device matching 'pulse'" in str(caught.value)
     assert "Scarlett 18i20" in str(caught.value)
