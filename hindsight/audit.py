@@ -195,7 +195,7 @@ def _no_rule(entry: Mapping[str, Any]) -> None:
     """Events without a call rule (daemon life cycle, future kinds) only need the chain."""
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while block := handle.read(HASH_BLOCK):
@@ -226,7 +226,7 @@ def _check_recording(state_dir: Path, commit: _Commit) -> str | None:
     if not file.is_file():
         return f"{where}: recording {commit.path} of call {commit.call_id!r} is missing"
     try:
-        digest = _file_sha256(file)
+        digest = file_sha256(file)
     except OSError as exc:
         return f"{where}: recording {commit.path} cannot be read ({exc.strerror or exc})"
     if digest != commit.sha256:

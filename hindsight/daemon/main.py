@@ -33,6 +33,7 @@ from hindsight.daemon.buffer import Pool
 from hindsight.daemon.calls import CallTable
 from hindsight.daemon.committer import Committer
 from hindsight.daemon.harden import harden_process
+from hindsight.daemon.recovery import settle_open_calls
 from hindsight.daemon.server import ControlServer
 from hindsight.daemon.service import Service
 from hindsight.daemon.sources import Source, loop_source
@@ -103,7 +104,7 @@ class Daemon:
             )
         committer.start()
         commit_log.append("daemon_started", version=__version__)
-        _close_calls_lost_in_crash(commit_log)
+        settle_open_calls(commit_log, self.config.daemon.state_dir)
         log.info(
             "hindsightd %s up: %d lines, %d devices, pool of %d chunks, control at %s",
             __version__,
@@ -195,13 +196,6 @@ class PoolWatch:
 
 def _states(sources: list[Source]) -> dict[str, str]:
     return {source.name: source.state() for source in sources}
-
-
-def _close_calls_lost_in_crash(commit_log: CommitLog) -> None:
-    """Calls left open by a crash lost their audio with the process: record it as a wipe."""
-    for call_id, line in list(commit_log.open_calls.items()):
-        commit_log.append("call_wiped", call_id=call_id, line=line, seconds=0, why="lost_in_crash")
-        log.warning("call %s was live when the daemon last died; logged as lost", call_id)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

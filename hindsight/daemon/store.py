@@ -38,6 +38,22 @@ from hindsight.errors import StoreError
 
 RECORDINGS = "recordings"
 COPY_BLOCK = 1 << 20
+# The fields of a call_committed line; every sidecar holds them too.
+COMMITTED_FIELDS = (
+    "call_id",
+    "line",
+    "agent",
+    "reasons",
+    "purposes",
+    "retention",
+    "retain_until",
+    "path",
+    "sha256",
+    "seconds",
+    "rolled_seconds",
+    "lost_seconds",
+    "status_flags",
+)
 
 
 @dataclass(frozen=True)
@@ -146,7 +162,7 @@ class Store:
         assert call.ended is not None
         retention = self._retention(call, call.ended)
         rate = call.samplerate
-        return {
+        fields = {
             "call_id": call.call_id,
             "line": call.line.name,
             "agent": call.agent,
@@ -161,6 +177,8 @@ class Store:
             "lost_seconds": round(call.gap_frames / rate, 3),
             "status_flags": call.status_flags,
         }
+        assert tuple(fields) == COMMITTED_FIELDS
+        return fields
 
     def _retention(self, call: Call, ended: datetime) -> dict[str, str]:
         retention = {}
