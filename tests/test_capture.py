@@ -165,7 +165,7 @@ def test_an_unknown_device_is_an_error_that_lists_the_devices(
 
     monkeypatch.setattr(sd, "query_devices", query)
     with pytest.raises(SourceError) as caught:
-        capture.check_devices(config().audio.devices)
+        capture.check_devices(config().audio.devices, 16000)
     assert "No input device matching 'pulse'" in str(caught.value)
     assert "Scarlett 18i20" in str(caught.value)
 
@@ -181,3 +181,26 @@ def test_a_fresh_stream_gets_time_for_its_first_block() -> None:
     assert src.state() == "running"
     src.check(10.0 + capture.FIRST_BLOCK_SECONDS + 0.1)
     assert src.state() == "lost"
+
+
+def test_a_device_that_cannot_take_the_rate_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    info = {
+        "index": 3,
+        "name": "USB Headset",
+        "max_input_channels": 2,
+        "default_samplerate": 48000.0,
+    }
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise sd.PortAudioError("Invalid sample rate")
+
+    monkeypatch.setattr(
+        sd, "query_devices", lambda device=None, kind=None: info if device else [info]
+    )
+    monkeypatch.setattr(sd, "check_input_settings", refuse)
+    with pytest.raises(SourceError) as caught:
+        capture.check_devices(config().audio.devices, 16000)
+    assert "cannot capture at 16000 Hz" in str(caught.value)
+    assert "USB Headset" in str(caught.value)

@@ -78,24 +78,33 @@ def describe_input_devices() -> str:
     return "\n".join(rows) if rows else "(PortAudio sees no input device)"
 
 
-def check_devices(devices: tuple[DeviceConfig, ...]) -> None:
-    """Fail start-up, listing what PortAudio sees, when a configured device does not exist."""
-    problems = []
-    for device in devices:
-        try:
-            info = sd.query_devices(device.device, "input")
-        except (ValueError, sd.PortAudioError) as exc:
-            problems.append(f"device {device.name} ({device.device!r}): {exc}")
-            continue
-        if info["max_input_channels"] < device.channels:
-            problems.append(
-                f"device {device.name} ({info['name']}) has {info['max_input_channels']} input "
-                f"channels, the config opens {device.channels}"
-            )
+def check_devices(devices: tuple[DeviceConfig, ...], samplerate: int) -> None:
+    """Fail start-up, listing what PortAudio sees, when a device is unknown or cannot
+    capture the configured channels at the configured rate."""
+    problems = [p for p in (_device_problem(d, samplerate) for d in devices) if p]
     if problems:
         raise SourceError(
             "; ".join(problems) + f"\ninput devices PortAudio sees:\n{describe_input_devices()}"
         )
+
+
+def _device_problem(device: DeviceConfig, samplerate: int) -> str | None:
+    try:
+        info = sd.query_devices(device.device, "input")
+    except (ValueError, sd.PortAudioError) as exc:
+        return f"device {device.name} ({device.device!r}): {exc}"
+    if info["max_input_channels"] < device.channels:
+        return (
+            f"device {device.name} ({info['name']}) has {info['max_input_channels']} input "
+            f"channels, the config opens {device.channels}"
+        )
+    try:
+        sd.check_input_settings(
+            device.device, channels=device.channels, dtype="int16", samplerate=samplerate
+        )
+    except (ValueError, sd.PortAudioError) as exc:
+        return f"device {device.name} ({info['name']}) cannot capture at {samplerate} Hz: {exc}"
+    return None
 
 
 class DeviceSource:

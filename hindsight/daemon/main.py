@@ -50,7 +50,7 @@ def build_sources(config: Config) -> list[Source]:
     if config.audio.source == "sounddevice":
         from hindsight.daemon.capture import DeviceSource, check_devices
 
-        check_devices(config.audio.devices)
+        check_devices(config.audio.devices, config.audio.samplerate)
         return [DeviceSource(config.audio, device) for device in config.audio.devices]
     return [loop_source(config.audio, device) for device in config.audio.devices]
 
