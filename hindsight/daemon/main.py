@@ -113,6 +113,7 @@ class Daemon:
             pool.size,
             self.config.daemon.control,
         )
+        _warn_if_pool_is_small(self.config, pool)
         systemd.notify("READY=1")
 
     def _loop(self, server: ControlServer, service: Service, table: CallTable) -> None:
@@ -192,6 +193,19 @@ class PoolWatch:
                 "chunk pool exhausted: %d frames could not be held", drops - self.seen_drops
             )
         self.seen_steals, self.seen_drops = steals, drops
+
+
+def _warn_if_pool_is_small(config: Config, pool: Pool) -> None:
+    """A pool that cannot hold every line at max_call_seconds rolls early under load."""
+    samples_per_second = config.audio.samplerate * sum(len(line.channels) for line in config.lines)
+    seconds = pool.size * pool.chunk_samples / samples_per_second
+    if seconds < config.buffer.max_call_seconds:
+        log.warning(
+            "buffer.memory_mb holds %.0f s of audio with every line live, less than "
+            "buffer.max_call_seconds (%.0f s): long calls will roll early under load",
+            seconds,
+            config.buffer.max_call_seconds,
+        )
 
 
 def _states(sources: list[Source]) -> dict[str, str]:
