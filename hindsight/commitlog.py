@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, NoReturn
 
 from hindsight import clock
+from hindsight.durable import fsync_dir, make_dirs
 from hindsight.errors import CommitLogError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ OUTCOME_EVENTS = frozenset({"call_committed", "call_wiped"})
 CALL_EVENTS = OUTCOME_EVENTS | {"call_started", "call_marked"}
 RESERVED_FIELDS = frozenset({"seq", "time", "event", "prev", "hash"})
 FILE_MODE = 0o640
-DIR_MODE = 0o750
 
 
 def _dumps(obj: Mapping[str, Any], *, sort_keys: bool = False) -> str:
@@ -201,27 +201,10 @@ class _Calls:
         return None
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dirs(directory: Path) -> None:
-    """mkdir -p, fsyncing the parent of every folder made so the new entries are durable."""
-    if directory.is_dir():
-        return
-    _make_dirs(directory.parent)
-    directory.mkdir(mode=DIR_MODE, exist_ok=True)
-    _fsync_dir(directory.parent)
-
-
 def _open_fd(path: Path) -> int:
     """An O_APPEND descriptor on the log; a new file gets FILE_MODE and a durable folder entry."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-    _make_dirs(path.parent)
+    make_dirs(path.parent)
     try:
         fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except FileExistsError:
@@ -229,7 +212,7 @@ def _open_fd(path: Path) -> int:
     try:
         os.fchmod(fd, FILE_MODE)  # the umask must not decide who may read the log
         os.fsync(fd)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError:
         os.close(fd)
         raise

@@ -10,17 +10,16 @@ that newer clients can talk to older daemons.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hindsight.config import ID_PATTERN
 from hindsight.errors import ProtocolError
 
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_NOTE_CHARS = 2000
 MAX_CALLER_CHARS = 64
-ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ERROR_CODES = frozenset(
     {
         "bad_request",
@@ -117,7 +116,7 @@ def _id(m: Mapping[str, Any], key: str) -> str:
     if key not in m:
         raise ProtocolError("bad_request", f"field '{key}' is required")
     value = m[key]
-    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise ProtocolError("bad_request", f"field '{key}' must match [A-Za-z0-9._-]{{1,64}}")
     return value
 

@@ -34,6 +34,7 @@ from hindsight.clock import iso
 from hindsight.config import Config
 from hindsight.daemon.buffer import Int16Array
 from hindsight.daemon.calls import Call
+from hindsight.durable import fsync_dir, make_dirs
 from hindsight.errors import StoreError
 
 RECORDINGS = "recordings"
@@ -76,7 +77,7 @@ class Sink:
 
     def __init__(self, final: Path) -> None:
         self.final = final
-        final.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        make_dirs(final.parent)
         self.temp = final.parent / f".{final.name}.{secrets.token_hex(4)}.tmp"
         self._file: BinaryIO = open(self.temp, "xb")  # noqa: SIM115 - closed in land/discard
         os.chmod(self.temp, 0o640)
@@ -98,7 +99,7 @@ class Sink:
         final = _free_name(self.final)
         os.link(self.temp, final)
         os.unlink(self.temp)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return final
 
     def discard(self) -> None:
@@ -113,14 +114,6 @@ def _free_name(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
     return candidate
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_durably(final: Path, data: bytes) -> tuple[Path, str]:
