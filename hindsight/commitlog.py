@@ -320,6 +320,7 @@ class CommitLog:
             raise CommitLogError(f"cannot log {event}: {exc}") from exc
 
     def _write(self, data: bytes) -> None:
+        size = os.fstat(self._fd).st_size
         written = 0
         try:
             while written < len(data):
@@ -327,9 +328,22 @@ class CommitLog:
             os.fsync(self._fd)
         except OSError as exc:
             if written:
-                self._broken = f"an append failed after {written} of {len(data)} bytes ({exc})"
-                log.error("commit log %s: %s", self.path, self._broken)
+                self._roll_back(size, written, len(data), exc)
             raise CommitLogError(f"{self.path}: cannot append ({exc.strerror or exc})") from exc
+
+    def _roll_back(self, size: int, written: int, wanted: int, exc: OSError) -> None:
+        """Cut off the bytes of an append that failed (a full disk): they were never
+        acknowledged, and leaving them would tear the log for good."""
+        try:
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        except OSError as again:
+            self._broken = f"an append failed after {written} of {wanted} bytes ({exc}; {again})"
+            log.error("commit log %s: %s", self.path, self._broken)
+            return
+        log.error(
+            "commit log %s: an append failed (%s); its partial line was removed", self.path, exc
+        )
 
     def close(self) -> None:
         with self._lock:

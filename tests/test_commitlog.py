@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,21 +184,45 @@ def test_a_failed_write_raises_and_leaves_the_log_usable(
     assert [e["n"] for e in read_chain(path)] == [1, 3]
 
 
-def test_a_write_cut_short_stops_all_further_appends(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "commit.log"
-    real_write = os.write
-
-    def half_then_full(fd: int, data: bytes) -> int:
+def half_then_full(real_write: Callable[[int, bytes], int]) -> Callable[[int, bytes], int]:
+    def write(fd: int, data: bytes) -> int:
         if len(data) > 10:
             return real_write(fd, data[:10])
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    return write
+
+
+def test_a_write_cut_short_is_rolled_back_and_the_log_stays_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "commit.log"
+    with CommitLog.open(path) as log:
+        log.append("tick", n=1)
+        before = path.read_bytes()
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "write", half_then_full(os.write))
+            with pytest.raises(CommitLogError):
+                log.append("tick", n=2)
+        assert path.read_bytes() == before
+        assert log.append("tick", n=3)["seq"] == 2
+    assert [e["n"] for e in read_chain(path)] == [1, 3]
+    CommitLog.open(path).close()
+
+
+def test_a_write_cut_short_that_cannot_be_rolled_back_stops_all_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "commit.log"
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
     with CommitLog.open(path) as log:
         log.append("tick", n=1)
         with monkeypatch.context() as patch:
-            patch.setattr(os, "write", half_then_full)
+            patch.setattr(os, "write", half_then_full(os.write))
+            patch.setattr(os, "ftruncate", no_truncate)
             with pytest.raises(CommitLogError):
                 log.append("tick", n=2)
         with pytest.raises(CommitLogError, match="will not be extended"):
