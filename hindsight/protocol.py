@@ -75,6 +75,8 @@ def parse_request(frame: bytes) -> Request:
         message = json.loads(frame.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ProtocolError("bad_request", "request is not UTF-8 JSON") from None
+    except RecursionError:
+        raise ProtocolError("bad_request", "request is nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad_request", "request must be a JSON object")
     op = message.get("op")

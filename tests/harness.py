@@ -94,12 +94,20 @@ class Daemon:
         self.stderr_path = tmp / "daemon.stderr"
 
     def __enter__(self) -> Daemon:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.stop()
+            try:
+                self.stop()
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def start(self, wait: bool = True) -> None:
         with open(self.stderr_path, "ab") as err:

@@ -25,15 +25,18 @@ def test_pool_is_sized_from_memory_and_hands_out_each_chunk_once() -> None:
     assert pool.acquire() is None
 
 
-def test_released_chunks_come_back_zeroed() -> None:
+def test_detached_chunks_go_back_zeroed() -> None:
     pool = Pool(memory_mb=1, chunk_samples=CHUNK)
     buffer = CallBuffer(pool, channels=2, max_frames=10_000)
     buffer.write(ramp(1, 100, 2), slice(0, 2))
-    used = [s.index for s in buffer.segments]
+    used = buffer.detach()
     assert any(pool.data[i].any() for i in used)
-    buffer.release()
+    for index in used:
+        pool.zero(index)
+    pool.give_back(used)
     assert pool.free == pool.size
     assert not pool.data[used].any()
+    assert buffer.chunks == 0
 
 
 def test_blocks_spanning_chunks_are_kept_gap_free() -> None:

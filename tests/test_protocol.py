@@ -72,6 +72,7 @@ def test_unknown_fields_are_ignored_for_newer_clients() -> None:
         req(op="mark", line="d1", note="line\nbreak"),
         req(op="end", line=None),
         b" " * (MAX_REQUEST_BYTES + 1),
+        b"[" * 50_000 + b"]" * 50_000,
     ],
 )
 def test_malformed_requests_are_bad_requests(frame: bytes) -> None:

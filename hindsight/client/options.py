@@ -9,6 +9,19 @@ from hindsight.errors import ClientError, ConfigError
 
 EXIT_USAGE = 2
 DEFAULT_TIMEOUT = 2.0
+MAX_TIMEOUT = 3600.0
+SCHEMES = ("ipc://", "tcp://")
+
+
+def timeout_seconds(text: str) -> float:
+    """A finite number of seconds, more than 0 and at most an hour."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= MAX_TIMEOUT:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TIMEOUT:g} s")
+    return value
 
 
 def connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -22,7 +35,7 @@ def connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument("--endpoint", default=default(None), help="control endpoint, e.g. ipc://…")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=timeout_seconds,
         default=default(DEFAULT_TIMEOUT),
         help="seconds to wait for the daemon (default 2)",
     )
@@ -30,6 +43,8 @@ def connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 def endpoint_of(args: argparse.Namespace) -> str:
     if args.endpoint:
+        if not str(args.endpoint).startswith(SCHEMES):
+            raise ClientError(f"--endpoint must start with ipc:// or tcp://: {args.endpoint}", 2)
         return str(args.endpoint)
     path = resolve_config_path(args.config)
     try:

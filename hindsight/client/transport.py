@@ -49,10 +49,12 @@ def _exchange(endpoint: str, frame: bytes, timeout: float) -> Any:
                 f"daemon unreachable at {endpoint} (no answer within {timeout:g} s)",
                 EXIT_UNREACHABLE,
             )
-        return json.loads(sock.recv())
+        answer = sock.recv()
     except zmq.ZMQError as exc:
         raise ClientError(f"cannot reach {endpoint}: {exc}", EXIT_UNREACHABLE) from exc
-    except ValueError as exc:
-        raise ClientError(f"the daemon at {endpoint} sent invalid JSON", EXIT_REFUSED) from exc
     finally:
         sock.close(linger=0)
+    try:
+        return json.loads(answer)
+    except ValueError as exc:
+        raise ClientError(f"the daemon at {endpoint} sent invalid JSON", EXIT_REFUSED) from exc

@@ -7,8 +7,8 @@ Rules:
 - A chunk is a fixed number of int16 samples. A call with C channels views each
   of its chunks as ``(CHUNK_SAMPLES // C, C)`` frames, so lines of any width
   share the one pool.
-- A chunk is zeroed whenever it leaves a call: when the call's buffer is
-  released and when another call takes it over. Audio never survives its call.
+- A chunk is zeroed whenever it leaves a call: before it returns to the free
+  list and when another call takes it over. Audio never survives its call.
 - These classes do no locking; the call table serialises access to them.
 """
 
@@ -25,7 +25,7 @@ Int16Array = npt.NDArray[np.int16]
 
 
 class Pool:
-    """A fixed set of equal chunks; ``acquire`` hands out free ones, ``release`` zeroes them."""
+    """Fixed, equal chunks: ``acquire`` hands one out; ``zero`` and ``give_back`` return it."""
 
     def __init__(self, memory_mb: int, chunk_samples: int = CHUNK_SAMPLES) -> None:
         count = max(1, memory_mb * 1024 * 1024 // (chunk_samples * 2))
@@ -45,9 +45,13 @@ class Pool:
     def acquire(self) -> int | None:
         return self._free.pop() if self._free else None
 
-    def release(self, index: int) -> None:
+    def zero(self, index: int) -> None:
+        """Zero a chunk that no call holds; needs no lock, so it never stalls the audio path."""
         self.data[index].fill(0)
-        self._free.append(index)
+
+    def give_back(self, indices: list[int]) -> None:
+        """Return zeroed chunks to the free list."""
+        self._free.extend(indices)
 
 
 @dataclass
@@ -171,9 +175,9 @@ class CallBuffer:
             if end > begin:
                 yield segment.frames[begin:end]
 
-    def release(self) -> None:
-        """Zero every chunk and give it back to the pool."""
-        for segment in self.segments:
-            self.pool.release(segment.index)
+    def detach(self) -> list[int]:
+        """Let go of every chunk (still holding audio: the caller zeroes them)."""
+        indices = [segment.index for segment in self.segments]
         self.segments.clear()
         self.pos = self.chunk_frames
+        return indices

@@ -186,9 +186,18 @@ class CallTable:
             return [self._line_status(line, self._slots[i]) for i, line in enumerate(self._lines)]
 
     def release(self, call: Call) -> None:
-        """Zero an ended call's audio and return its chunks to the pool."""
+        """Zero an ended call's audio and return its chunks to the pool.
+
+        The zeroing runs outside the lock, chunk by chunk: an hour of audio
+        takes tens of milliseconds to zero, which must stall neither the audio
+        thread nor a reply (whose timing would tell a wiped call from a kept one).
+        """
         with self.lock:
-            call.buffer.release()
+            indices = call.buffer.detach()
+        for index in indices:
+            self.pool.zero(index)
+        with self.lock:
+            self.pool.give_back(indices)
 
     def _slot(self, line: str) -> int:
         slot = self._slot_of.get(line)

@@ -7,8 +7,13 @@ agent cannot learn from a reply's timing that a call was sampled.
 - Kept call: FLAC and sidecar written durably, then ``call_committed``
   appended, then its memory zeroed and returned to the pool.
 - Unkept call: its memory zeroed first, then ``call_wiped`` appended.
-- A failed write (a full disk) is retried with a backoff; the call stays in
-  memory until it is on disk. Nothing kept is dropped while the daemon runs.
+- A step that fails (a full disk) is retried with a backoff, each step on its
+  own, while other calls go on being settled: a call waiting for disk space
+  never holds up the wipe of another. The call stays in memory until it is
+  on disk.
+- At shutdown the retries go on, with real delays, until ``close``'s
+  deadline. A kept call that still cannot be written then gets the outcome
+  ``call_wiped`` with ``why: "store_failed"``: every call gets exactly one.
 """
 
 from __future__ import annotations
@@ -16,19 +21,30 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
-from typing import TypeVar
+import time
+from dataclasses import dataclass
 
 from hindsight.commitlog import CommitLog
 from hindsight.daemon.calls import Call, CallTable
-from hindsight.daemon.store import Store
+from hindsight.daemon.store import Committed, Store
 from hindsight.errors import HindsightError
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
+SHUTDOWN_GRACE = 60.0  # seconds a stopping daemon keeps retrying writes
+
+
+@dataclass
+class Job:
+    """A call on its way to its outcome; remembers the steps already done."""
+
+    call: Call
+    committed: Committed | None = None
+    zeroed: bool = False
+    delay: float = RETRY_FIRST
+    due: float = 0.0
 
 
 class Committer:
@@ -37,7 +53,8 @@ class Committer:
         self.store = store
         self.log = commit_log
         self._queue: queue.Queue[Call | None] = queue.Queue()
-        self._stopping = threading.Event()
+        self._retries: list[Job] = []
+        self._deadline = float("inf")
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
 
     def start(self) -> None:
@@ -46,55 +63,99 @@ class Committer:
     def submit(self, call: Call) -> None:
         self._queue.put(call)
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Finish every queued call, then stop; False if that took longer than ``timeout``."""
-        self._stopping.set()
+    def finish(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Settle every call handed in so far, retrying for at most ``grace`` seconds, then stop."""
+        self._deadline = time.monotonic() + grace
         self._queue.put(None)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once ``finish`` has settled every call."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        while (call := self._queue.get()) is not None:
+        stopping = False
+        while not stopping or self._retries:
             try:
-                self._settle(call)
-            except HindsightError as exc:
-                log.error("call %s: %s", call.call_id, exc)
-            except Exception:
-                log.exception("call %s: unexpected failure in the committer", call.call_id)
+                call = self._queue.get(timeout=self._wait())
+            except queue.Empty:
+                call = None
+            else:
+                stopping = stopping or call is None
+            if call is not None:
+                self._attempt(Job(call))
+            self._retry_due(stopping)
 
-    def _settle(self, call: Call) -> None:
-        if call.kept:
-            self._commit(call)
-        else:
-            self._wipe(call)
+    def _wait(self) -> float | None:
+        if not self._retries:
+            return None
+        return max(0.0, min(job.due for job in self._retries) - time.monotonic())
 
-    def _commit(self, call: Call) -> None:
-        # Two steps, each retried on its own: a log that cannot be appended to
-        # must not make the store write the recording again and again.
-        committed = self._retrying(call, lambda: self.store.commit(call))
-        if committed is None:
+    def _retry_due(self, stopping: bool) -> None:
+        now = time.monotonic()
+        due = [job for job in self._retries if job.due <= now]
+        self._retries = [job for job in self._retries if job.due > now]
+        for job in due:
+            if stopping and now >= self._deadline:
+                self._give_up(job)
+            else:
+                self._attempt(job)
+
+    def _attempt(self, job: Job) -> None:
+        try:
+            self._settle(job)
             return
-        if self._retrying(call, lambda: self.log.append("call_committed", **committed.fields)):
-            self.table.release(call)
-            log.info("call %s committed (%s)", call.call_id, ", ".join(committed.fields["reasons"]))
+        except HindsightError as exc:
+            log.error(
+                "call %s not settled yet: %s; retry in %.0f s", job.call.call_id, exc, job.delay
+            )
+        except Exception:  # a bug must not lose the call either
+            log.exception(
+                "call %s: unexpected failure; retry in %.0f s", job.call.call_id, job.delay
+            )
+        job.due = time.monotonic() + job.delay
+        job.delay = min(job.delay * 2, RETRY_MAX)
+        self._retries.append(job)
 
-    def _retrying(self, call: Call, step: Callable[[], T]) -> T | None:
-        """Run ``step`` until it succeeds; None when shutdown ends the retries."""
-        delay = RETRY_FIRST
-        while True:
-            try:
-                return step()
-            except HindsightError as exc:
-                log.error("call %s not yet kept, retrying in %.0f s: %s", call.call_id, delay, exc)
-                if self._stopping.wait(delay) and delay >= RETRY_MAX:
-                    log.critical("gave up on call %s at shutdown: %s", call.call_id, exc)
-                    return None
-                delay = min(delay * 2, RETRY_MAX)
+    def _settle(self, job: Job) -> None:
+        call = job.call
+        if not call.kept:
+            self._zero(job)
+            self._log_wipe(call, "not_kept")
+            log.info("call %s wiped", call.call_id)
+            return
+        if job.committed is None:
+            job.committed = self.store.commit(call)
+        self.log.append("call_committed", **job.committed.fields)
+        self._zero(job)
+        log.info("call %s committed (%s)", call.call_id, ", ".join(job.committed.fields["reasons"]))
 
-    def _wipe(self, call: Call) -> None:
+    def _zero(self, job: Job) -> None:
+        if not job.zeroed:
+            self.table.release(job.call)
+            job.zeroed = True
+
+    def _log_wipe(self, call: Call, why: str) -> None:
         seconds = round(call.buffer.total_frames / call.samplerate, 3)
-        self.table.release(call)
         self.log.append(
-            "call_wiped", call_id=call.call_id, line=call.line.name, seconds=seconds, why="not_kept"
+            "call_wiped", call_id=call.call_id, line=call.line.name, seconds=seconds, why=why
         )
-        log.info("call %s wiped", call.call_id)
+
+    def _give_up(self, job: Job) -> None:
+        """Shutdown deadline: zero the call and give it the outcome it really had."""
+        call = job.call
+        self._zero(job)
+        if job.committed is not None:
+            log.critical(
+                "call %s is on disk but not in the log; the next start logs it", call.call_id
+            )
+            return
+        try:
+            self._log_wipe(call, "store_failed" if call.kept else "not_kept")
+        except HindsightError as exc:
+            log.critical("call %s has no outcome in the log: %s", call.call_id, exc)
+            return
+        if call.kept:
+            log.critical(
+                "call %s could not be written before shutdown; logged as wiped", call.call_id
+            )

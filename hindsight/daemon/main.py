@@ -61,6 +61,10 @@ class Daemon:
         self._signals: list[int] = []
 
     def run(self) -> int:
+        # Queue SIGTERM from the start, so that a stop during start-up still
+        # ends with every call settled and daemon_stopped logged.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
         harden_process()
         state_dir = self.config.daemon.state_dir
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -81,7 +85,7 @@ class Daemon:
         try:
             self._start(commit_log, committer, table, sources, pool)
             self._loop(server, service, table)
-            self._shutdown(service, committer, sources, commit_log)
+            self._shutdown(server, service, committer, sources, commit_log)
         finally:
             for source in sources:
                 source.stop()
@@ -119,7 +123,8 @@ class Daemon:
     def _loop(self, server: ControlServer, service: Service, table: CallTable) -> None:
         waker_r, waker_w = socket.socketpair()
         waker_w.setblocking(False)
-        previous = self._install_signals(waker_w.fileno())
+        # The wakeup fd makes a signal end the poll at once, not at the next tick.
+        previous = signal.set_wakeup_fd(waker_w.fileno())
         poller = zmq.Poller()
         poller.register(server.socket, zmq.POLLIN)
         poller.register(waker_r, zmq.POLLIN)
@@ -137,12 +142,6 @@ class Daemon:
             waker_r.close()
             waker_w.close()
 
-    def _install_signals(self, fd: int) -> int:
-        previous = signal.set_wakeup_fd(fd)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
-        return previous
-
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals.append(signum)
 
@@ -158,6 +157,7 @@ class Daemon:
 
     def _shutdown(
         self,
+        server: ControlServer,
         service: Service,
         committer: Committer,
         sources: list[Source],
@@ -167,7 +167,11 @@ class Daemon:
         service.end_all()
         for source in sources:
             source.stop()
-        committer.close()
+        committer.finish()
+        # Keep answering while the last calls are written: clients get
+        # not_allowed rather than a time-out.
+        while not committer.wait(TICK_MS / 1000):
+            server.serve_pending(service.handle)
         commit_log.append("daemon_stopped", version=__version__)
         log.info("hindsightd stopped")
 
@@ -248,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return Daemon(config).run()
-    except HindsightError as exc:
+    except (HindsightError, OSError) as exc:
         print(f"hindsightd: {exc}", file=sys.stderr)
         return 1
 

@@ -148,7 +148,11 @@ class Store:
         fields = self._fields(call, path, digest)
         sidecar = dict(fields, **self._sidecar_extra(call))
         text = json.dumps(sidecar, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
-        write_durably(path.with_suffix(".json"), text.encode("utf-8"))
+        try:
+            write_durably(path.with_suffix(".json"), text.encode("utf-8"))
+        except BaseException:
+            path.unlink(missing_ok=True)  # a retry writes both again, under the same name
+            raise
         return Committed(fields)
 
     def _fields(self, call: Call, path: Path, digest: str) -> dict[str, Any]:
