@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn, Self
 
 from hindsight import clock
 from hindsight.durable import fsync_dir, make_dirs
@@ -255,7 +255,7 @@ class CommitLog:
         self.open_calls: dict[str, str] = calls.open
 
     @classmethod
-    def open(cls, path: Path) -> CommitLog:
+    def open(cls, path: Path) -> Self:
         """Create the log, or resume it after checking every line; raise on any break."""
         try:
             fd = _open_fd(path)

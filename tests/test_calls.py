@@ -92,9 +92,10 @@ def test_start_end_mark_enforce_the_line_states() -> None:
     with pytest.raises(ProtocolError) as e:
         t.start("a", None, None)
     assert e.value.code == "call_active"
-    call, new = t.mark("a", "escalation", None)
-    assert new and call.marked and call.kept
-    assert t.mark("a", "escalation", "again")[1] is False
+    call = t.mark("a", "escalation", None)
+    assert call.marked and call.kept
+    t.mark("a", "escalation", "again")
+    assert call.mark_purposes == ["escalation"] and len(call.marks) == 2
     assert t.end("a").call_id == "c1"
 
 

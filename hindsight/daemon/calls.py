@@ -164,16 +164,15 @@ class CallTable:
         call.ended = utcnow()
         return call
 
-    def mark(self, line: str, purpose: str, note: str | None) -> tuple[Call, bool]:
-        """Keep the whole call for ``purpose``; returns the call and whether the purpose is new."""
+    def mark(self, line: str, purpose: str, note: str | None) -> Call:
+        """Keep the whole call for ``purpose``: the record key."""
         slot = self._slot(line)
         with self.lock:
             call = self._slots[slot]
             if call is None:
                 raise ProtocolError("no_call", f"line {line} has no live call")
-            new = purpose not in call.mark_purposes
             call.marks.append(MarkEvent(purpose, utcnow(), note))
-        return call, new
+        return call
 
     def end_all(self) -> list[Call]:
         return [self.end(line.name) for line in self._lines if self.live_call(line.name)]

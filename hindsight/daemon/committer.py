@@ -41,15 +41,22 @@ class Job:
     """A call on its way to its outcome; remembers the steps already done."""
 
     call: Call
+    delay: float
     committed: Committed | None = None
     zeroed: bool = False
-    delay: float = RETRY_FIRST
     due: float = 0.0
 
 
 class Committer:
-    def __init__(self, table: CallTable, store: Store, commit_log: CommitLog) -> None:
+    def __init__(
+        self,
+        table: CallTable,
+        store: Store,
+        commit_log: CommitLog,
+        retry_first: float = RETRY_FIRST,
+    ) -> None:
         self.table = table
+        self.retry_first = retry_first
         self.store = store
         self.log = commit_log
         self._queue: queue.Queue[Call | None] = queue.Queue()
@@ -83,7 +90,7 @@ class Committer:
             else:
                 stopping = stopping or call is None
             if call is not None:
-                self._attempt(Job(call))
+                self._attempt(Job(call, delay=self.retry_first))
             self._retry_due(stopping)
 
     def _wait(self) -> float | None:

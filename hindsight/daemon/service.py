@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from hindsight import __version__
 from hindsight.commitlog import CommitLog
 from hindsight.config import Config
-from hindsight.daemon.calls import CallTable
-from hindsight.daemon.committer import Committer
+from hindsight.daemon.calls import Call, CallTable
 from hindsight.errors import HindsightError, ProtocolError
 from hindsight.protocol import (
     End,
@@ -32,12 +31,18 @@ from hindsight.protocol import (
 log = logging.getLogger(__name__)
 
 
+class Settler(Protocol):
+    """Where ended calls go to get their outcome: the committer."""
+
+    def submit(self, call: Call) -> None: ...
+
+
 class Service:
     def __init__(
         self,
         config: Config,
         table: CallTable,
-        committer: Committer,
+        committer: Settler,
         commit_log: CommitLog,
         device_states: Callable[[], dict[str, str]],
     ) -> None:
@@ -61,6 +66,9 @@ class Service:
             return ok_reply(**self._dispatch(request))
         except ProtocolError as exc:
             return error_reply(exc.code, exc.message)
+        except HindsightError as exc:
+            log.error("request failed: %s", exc)
+            return error_reply("internal", str(exc))
 
     def _dispatch(self, request: Request) -> dict[str, Any]:
         if not self.accepting and not isinstance(request, Ping | Status):
@@ -96,12 +104,16 @@ class Service:
         purpose = request.purpose or self.config.marking.purpose
         if self.config.purpose(purpose) is None:
             raise ProtocolError("unknown_purpose", f"purpose {purpose} is not declared")
-        call, new = self.table.mark(request.line, purpose, request.note)
-        if new:
+        call = self.table.live_call(request.line)
+        if call is None:
+            raise ProtocolError("no_call", f"line {request.line} has no live call")
+        # Logged before it takes effect: a mark the log does not hold never keeps a call.
+        if purpose not in call.mark_purposes:
             self.log.append(
                 "call_marked", call_id=call.call_id, line=call.line.name, purpose=purpose
             )
             log.info("call %s marked for %s", call.call_id, purpose)
+        self.table.mark(request.line, purpose, request.note)
         return {"call_id": call.call_id}
 
     def _status(self, request: Status) -> dict[str, Any]:
