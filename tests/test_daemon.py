@@ -8,12 +8,14 @@ import os
 import signal
 import stat
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from hindsight import audit
+from hindsight.clock import parse_iso
 from tests.harness import RATE, Daemon, find_offset, looped_span, noise_wav
 
 
@@ -46,6 +48,15 @@ def test_a_marked_call_is_the_input_sample_for_sample(tmp_path: Path) -> None:
     assert sidecar["rolled_seconds"] == 0 and sidecar["agent"] == "ann"
     assert sidecar["start"] < sidecar["end"]
     assert sidecar["marks"][0]["note"] == "shouting"
+    assert sidecar["purpose_terms"] == {
+        "escalation": {
+            "legal_basis": "contract",
+            "retention_days": 730,
+            "retain_until": committed["retain_until"],
+        }
+    }
+    kept_for = parse_iso(committed["retain_until"]) - parse_iso(sidecar["end"])
+    assert abs(kept_for - timedelta(days=730)) < timedelta(seconds=5)
     assert audit.verify(d.state).ok
 
 
@@ -221,3 +232,14 @@ def test_a_call_longer_than_its_limit_rolls_and_says_so(tmp_path: Path) -> None:
     assert np.array_equal(recording, looped_span(source, find_offset(source, recording), RATE))
     assert 0.7 < committed["rolled_seconds"] < 1.6
     assert committed["seconds"] == 1.0
+
+
+def test_buffered_audio_stays_out_of_swap_and_core_dumps(tmp_path: Path) -> None:
+    with Daemon(tmp_path, memory_mb=16) as d:
+        assert d.proc is not None
+        status = Path(f"/proc/{d.proc.pid}/status").read_text()
+        limits = Path(f"/proc/{d.proc.pid}/limits").read_text()
+    locked_kb = int(next(row for row in status.splitlines() if row.startswith("VmLck:")).split()[1])
+    assert locked_kb >= 16 * 1024
+    core = next(row for row in limits.splitlines() if row.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"]

@@ -32,7 +32,7 @@ from hindsight.daemon import systemd
 from hindsight.daemon.buffer import Pool
 from hindsight.daemon.calls import CallTable
 from hindsight.daemon.committer import Committer
-from hindsight.daemon.harden import harden_process
+from hindsight.daemon.harden import harden_process, lock_in_memory
 from hindsight.daemon.recovery import settle_open_calls
 from hindsight.daemon.server import ControlServer
 from hindsight.daemon.service import Service
@@ -76,6 +76,7 @@ class Daemon:
 
     def _run(self, commit_log: CommitLog) -> int:
         pool = Pool(self.config.buffer.memory_mb)
+        lock_in_memory(pool.data)
         table = CallTable(self.config, pool, known_ids=commit_log.call_ids)
         committer = Committer(table, Store(self.config), commit_log)
         sources = build_sources(self.config)

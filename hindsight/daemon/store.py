@@ -146,7 +146,7 @@ class Store:
         folder = self.root / RECORDINGS / f"{call.started:%Y/%m/%d}"
         path, digest = write_durably(folder / f"{call.call_id}.flac", flac)
         fields = self._fields(call, path, digest)
-        sidecar = dict(fields, **self._sidecar_extra(call))
+        sidecar = dict(fields, **self._sidecar_extra(call, fields["retention"]))
         text = json.dumps(sidecar, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
         try:
             write_durably(path.with_suffix(".json"), text.encode("utf-8"))
@@ -185,16 +185,17 @@ class Store:
             retention[name] = iso(ended + timedelta(days=purpose.retention_days))
         return retention
 
-    def _sidecar_extra(self, call: Call) -> dict[str, Any]:
+    def _sidecar_extra(self, call: Call, retention: dict[str, str]) -> dict[str, Any]:
         assert call.ended is not None
         rate = call.samplerate
-        legal = {}
-        for name in purposes(call, self.config.sampling.purpose):
+        terms = {}
+        for name, retain_until in retention.items():
             purpose = self.config.purpose(name)
             assert purpose is not None
-            legal[name] = {
+            terms[name] = {
                 "legal_basis": purpose.legal_basis,
                 "retention_days": purpose.retention_days,
+                "retain_until": retain_until,
             }
         return {
             "start": iso(call.started),
@@ -204,7 +205,7 @@ class Store:
             "device": call.line.device,
             "device_channels": list(call.line.channels),
             "format": "FLAC/PCM_16",
-            "legal_bases": legal,
+            "purpose_terms": terms,
             "marks": [
                 {"purpose": m.purpose, "time": iso(m.time), "note": m.note} for m in call.marks
             ],
