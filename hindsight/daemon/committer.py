@@ -96,17 +96,20 @@ class Committer:
     def _wait(self) -> float | None:
         if not self._retries:
             return None
-        return max(0.0, min(job.due for job in self._retries) - time.monotonic())
+        wake = min(min(job.due for job in self._retries), self._deadline)
+        return max(0.0, wake - time.monotonic())
 
     def _retry_due(self, stopping: bool) -> None:
         now = time.monotonic()
+        if stopping and now >= self._deadline:
+            late, self._retries = self._retries, []
+            for job in late:
+                self._give_up(job)
+            return
         due = [job for job in self._retries if job.due <= now]
         self._retries = [job for job in self._retries if job.due > now]
         for job in due:
-            if stopping and now >= self._deadline:
-                self._give_up(job)
-            else:
-                self._attempt(job)
+            self._attempt(job)
 
     def _attempt(self, job: Job) -> None:
         try:
