@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,18 @@ one_in = {o["one_in"]}
 def _line(name: str, channels: list[int], device: str | None = None) -> str:
     on = f'device = "{device}"\n' if device else ""
     return f'\n[[lines]]\nname = "{name}"\nchannels = {list(channels)}\n{on}'
+
+
+@dataclass(frozen=True)
+class Span:
+    """A call's length bracketed by request times: it lasted between inner and outer."""
+
+    inner: float
+    outer: float
+
+    def holds(self, seconds: float, slack: float = 0.1) -> bool:
+        """Whether ``seconds`` of audio fit the span (``slack`` for block and pacing jitter)."""
+        return self.inner - slack <= seconds <= self.outer + slack
 
 
 class Daemon:
@@ -161,6 +174,19 @@ class Daemon:
         reply = self.request(payload)
         assert reply["ok"], reply
         return reply
+
+    def timed_call(self, line: str, seconds: float, mark_after: float | None = None) -> Span:
+        """Run one call; return how long it lasted, seen from outside the requests."""
+        before = time.monotonic()
+        self.ok({"op": "start", "line": line})
+        after = time.monotonic()
+        if mark_after is not None:
+            time.sleep(mark_after)
+            self.ok({"op": "mark", "line": line})
+        time.sleep(seconds - (mark_after or 0.0))
+        end_sent = time.monotonic()
+        self.ok({"op": "end", "line": line})
+        return Span(inner=end_sent - after, outer=time.monotonic() - before)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None

@@ -140,7 +140,7 @@ def test_a_stream_that_stops_is_noticed_at_once() -> None:
 
 
 def test_a_device_missing_at_start_up_is_retried_not_fatal() -> None:
-    FakeStream.fail_opens = 1
+    FakeStream.fail_opens = 1000  # still lost however late the assertion runs
     src, _ = source()
     try:
         assert src.state() == "lost"

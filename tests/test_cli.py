@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from hindsight.client.cli import main as cli_main
 from tests.harness import BIN, Daemon, config_text
 
 CLIENT = str(BIN / "hindsight")
@@ -217,17 +218,24 @@ def test_refusals_exit_1_with_the_daemons_message(shared: Daemon) -> None:
 
 
 def test_no_daemon_exits_3_within_the_timeout(tmp_path: Path) -> None:
-    began = time.monotonic()
-    ok(hs("--version"))
-    startup = time.monotonic() - began  # what this machine needs just to run the client
-    began = time.monotonic()
     result = hs("--endpoint", nowhere(tmp_path), "--timeout", "0.5", "ping")
-    elapsed = time.monotonic() - began
     assert result.returncode == 3, result
     assert result.stderr.startswith("hindsight: ") and "unreachable" in result.stderr
     assert result.stdout == ""
-    assert elapsed < 3.0
-    assert elapsed - startup < 1.5  # the default 2 s timeout would exceed this
+
+
+@pytest.mark.parametrize(
+    ("argv", "low", "high"), [(["--timeout", "0.5"], 0.45, 1.5), ([], 1.9, 3.5)]
+)
+def test_the_client_waits_as_long_as_its_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], low: float, high: float
+) -> None:
+    # In-process, so that the figure is the wait alone, not a Python start-up.
+    began = time.monotonic()
+    code = cli_main(["--endpoint", nowhere(tmp_path), *argv, "ping"])
+    elapsed = time.monotonic() - began
+    assert code == 3 and "unreachable" in capsys.readouterr().err
+    assert low < elapsed < high
 
 
 def test_every_daemon_command_exits_3_without_a_daemon(tmp_path: Path) -> None:
@@ -244,21 +252,12 @@ def test_every_daemon_command_exits_3_without_a_daemon(tmp_path: Path) -> None:
         ["--config", str(tmp_path / "h.toml"), *to, "ping"],
         ["ping", "--config", str(tmp_path / "h.toml"), *to],
     ]
-    with ThreadPoolExecutor(len(runs) + 1) as pool:
-        default = pool.submit(
-            lambda: (
-                time.monotonic(),
-                hs("--endpoint", nowhere(tmp_path), "ping"),
-                time.monotonic(),
-            )
-        )
+    with ThreadPoolExecutor(len(runs)) as pool:
         results = list(pool.map(lambda argv: hs(*argv), runs))
-        began, plain, ended = default.result()
     for argv, result in zip(runs, results, strict=True):
         assert result.returncode == 3, (argv, result)
         assert result.stderr.startswith("hindsight: ") and "unreachable" in result.stderr, argv
         assert CALLER not in result.stderr
-    assert plain.returncode == 3 and 1.8 < ended - began < 6.0  # the default: 2 s
 
 
 def test_a_stopped_daemon_is_unreachable(tmp_path: Path) -> None:

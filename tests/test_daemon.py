@@ -16,7 +16,7 @@ import soundfile as sf
 
 from hindsight import audit
 from hindsight.clock import parse_iso
-from tests.harness import RATE, Daemon, find_offset, looped_span, noise_wav
+from tests.harness import RATE, Daemon, Span, find_offset, looped_span, noise_wav
 
 
 def files_under(root: Path) -> list[Path]:
@@ -26,16 +26,25 @@ def files_under(root: Path) -> list[Path]:
 def test_a_marked_call_is_the_input_sample_for_sample(tmp_path: Path) -> None:
     source = noise_wav(tmp_path / "in.wav")
     with Daemon(tmp_path, source="file", file=str(tmp_path / "in.wav")) as d:
+        before = time.monotonic()
         call_id = d.ok({"op": "start", "line": "desk-01", "agent": "ann"})["call_id"]
+        after = time.monotonic()
         time.sleep(0.6)
         d.ok({"op": "mark", "line": "desk-01", "note": "shouting"})
         time.sleep(0.6)
+        end_sent = time.monotonic()
         d.ok({"op": "end", "line": "desk-01"})
+        span = Span(inner=end_sent - after, outer=time.monotonic() - before)
         (committed,) = d.wait_for_event("call_committed")
-    recording, rate = sf.read(str(d.state / committed["path"]), dtype="int16", always_2d=True)
+    path = d.state / committed["path"]
+    assert sf.info(str(path)).format == "FLAC" and sf.info(str(path)).subtype == "PCM_16"
+    recording, rate = sf.read(str(path), dtype="int16", always_2d=True)
     assert rate == RATE and recording.shape[1] == 2
-    assert 1.0 * RATE < len(recording) < 2.0 * RATE
+    assert span.holds(len(recording) / RATE)
     start = find_offset(source, recording)
+    # The call holds whole blocks of the input, from the block after start to the block
+    # before end: every sample in between, none outside.
+    assert start % 320 == 0 and len(recording) % 320 == 0
     assert np.array_equal(recording, looped_span(source, start, len(recording)))
     assert committed["call_id"] == call_id and committed["reasons"] == ["marked"]
     assert committed["purposes"] == ["escalation"]
@@ -46,7 +55,11 @@ def test_a_marked_call_is_the_input_sample_for_sample(tmp_path: Path) -> None:
             assert sidecar[key] == value, key
     assert sidecar["samplerate"] == RATE and sidecar["channels"] == 2
     assert sidecar["rolled_seconds"] == 0 and sidecar["agent"] == "ann"
-    assert sidecar["start"] < sidecar["end"]
+    assert sidecar["start"].endswith("Z") and sidecar["end"].endswith("Z")
+    day = parse_iso(sidecar["start"])
+    assert committed["path"] == f"recordings/{day:%Y/%m/%d}/{call_id}.flac"
+    wall = parse_iso(sidecar["end"]) - parse_iso(sidecar["start"])
+    assert span.holds(wall.total_seconds())
     assert sidecar["marks"][0]["note"] == "shouting"
     assert sidecar["purpose_terms"] == {
         "escalation": {
@@ -222,16 +235,13 @@ def test_the_ipc_socket_is_not_world_accessible(tmp_path: Path) -> None:
 def test_a_call_longer_than_its_limit_rolls_and_says_so(tmp_path: Path) -> None:
     source = noise_wav(tmp_path / "in.wav")
     with Daemon(tmp_path, source="file", file=str(tmp_path / "in.wav"), max_call_seconds=1) as d:
-        d.ok({"op": "start", "line": "desk-01"})
-        d.ok({"op": "mark", "line": "desk-01"})
-        time.sleep(2.0)
-        d.ok({"op": "end", "line": "desk-01"})
+        span = d.timed_call("desk-01", 2.0, mark_after=0.0)
         (committed,) = d.wait_for_event("call_committed")
     recording, _ = sf.read(str(d.state / committed["path"]), dtype="int16", always_2d=True)
     assert len(recording) == RATE
     assert np.array_equal(recording, looped_span(source, find_offset(source, recording), RATE))
-    assert 0.7 < committed["rolled_seconds"] < 1.6
     assert committed["seconds"] == 1.0
+    assert span.holds(committed["seconds"] + committed["rolled_seconds"])
 
 
 def test_buffered_audio_stays_out_of_swap_and_core_dumps(tmp_path: Path) -> None:
