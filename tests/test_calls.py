@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +111,40 @@ def test_a_dry_pool_rolls_the_longest_unkept_call_before_a_kept_one() -> None:
     assert t.pool.free == 0
     assert kept.buffer.held_frames == unkept.buffer.held_frames == 128
     t.feed("default", block(), False)
-    assert t.pool_steals >= 1
-    assert unkept.buffer.rolled_total > 0
+    # The kept call takes the unkept call's oldest chunk; the unkept call then rolls
+    # its own oldest: two chunks of 32 stereo frames, both off the unkept call.
+    assert t.pool_steals == 2
+    assert unkept.buffer.rolled_total == 64
     assert kept.buffer.rolled_total == 0
     assert t.pool.free == 0
+
+
+def test_a_dry_pool_rolls_the_longest_call_first() -> None:
+    t = table(chunks=8)
+    short = t.start("a", None, None)
+    for _ in range(4):  # 64 frames: two chunks
+        t.feed("default", block(), False)
+    long = t.start("b", None, None)
+    t.end("a")
+    t.start("a", None, None)  # short: a fresh call while "b" grows
+    for _ in range(8):
+        t.feed("default", block(), False)
+    assert t.pool.free == 0
+    assert long.buffer.rolled_total > 0
+    assert short.buffer.rolled_total == 0
+
+
+def test_only_blocks_between_start_and_end_belong_to_the_call() -> None:
+    t = table()
+    t.feed("default", block(value=1), False)
+    t.start("a", None, None)
+    for n in range(3):
+        t.feed("default", block(value=10 * (n + 2)), False)
+    call = t.end("a")
+    t.feed("default", block(value=99), False)
+    audio = np.concatenate(list(call.buffer.views()))
+    expected = np.concatenate([block(value=10 * (n + 2))[:, 0:2] for n in range(3)])
+    assert np.array_equal(audio, expected)
 
 
 def test_the_pool_never_grows_under_pressure() -> None:
@@ -137,9 +168,19 @@ def test_released_calls_return_zeroed_chunks() -> None:
     assert not t.pool.data[indices].any()
 
 
-def test_the_sampling_draw_is_about_one_in_n() -> None:
-    draws = sum(draw_sample(10) for _ in range(20_000))
-    assert 1600 < draws < 2400
+def test_the_sampling_draw_is_one_in_n_from_a_cryptographic_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    draws = sum(draw_sample(10) for _ in range(200_000))
+    assert 19_000 < draws < 21_000  # 1/9 or 1/11 would land far outside
+    asked: list[int] = []
+
+    def randbelow(n: int) -> int:
+        asked.append(n)
+        return 0
+
+    monkeypatch.setattr(secrets, "randbelow", randbelow)
+    assert draw_sample(7) and asked == [7]
     assert not any(draw_sample(0) for _ in range(1000))
     assert all(draw_sample(1) for _ in range(100))
 

@@ -6,7 +6,9 @@ here the fake lets each fault happen at an exact moment.
 
 from __future__ import annotations
 
+import functools
 import logging
+import tracemalloc
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,6 +18,8 @@ import sounddevice as sd
 
 from hindsight.config import Config, parse_config
 from hindsight.daemon import capture
+from hindsight.daemon.buffer import Pool
+from hindsight.daemon.calls import CallTable
 from hindsight.daemon.capture import DeviceSource
 from hindsight.errors import SourceError
 
@@ -204,3 +208,75 @@ def test_a_device_that_cannot_take_the_rate_stops_start_up(
         capture.check_devices(config().audio.devices, 16000)
     assert "cannot capture at 16000 Hz" in str(caught.value)
     assert "USB Headset" in str(caught.value)
+
+
+def two_device_table_and_sources() -> tuple[CallTable, list[DeviceSource]]:
+    cfg = parse_config(
+        {
+            "audio": {"samplerate": 16000, "blocksize": 160},
+            "buffer": {"memory_mb": 4},
+            "devices": [
+                {"name": "interface", "device": "hw-a", "channels": 4},
+                {"name": "headset", "device": "hw-b", "channels": 2},
+            ],
+            "lines": [
+                {"name": "desk-01", "channels": [1, 2], "device": "interface"},
+                {"name": "desk-02", "channels": [4, 3], "device": "interface"},
+                {"name": "desk-03", "channels": [1, 2], "device": "headset"},
+            ],
+        },
+        Path("/tmp"),
+    )
+    table = CallTable(cfg, Pool(cfg.buffer.memory_mb), draw=lambda: False)
+    sources = [DeviceSource(cfg.audio, d, factory=FakeStream) for d in cfg.audio.devices]
+    for src in sources:
+        src.start(
+            functools.partial(table.feed, src.name), functools.partial(table.fill_silence, src.name)
+        )
+        src.stop()  # the test drives the supervisor by hand
+        src._state, src._stream = "running", FakeStream.opened[-1]
+        FakeStream.opened[-1].active = True
+    return table, sources
+
+
+def test_a_failing_device_leaves_the_other_devices_lines_recording() -> None:
+    table, (interface, headset) = two_device_table_and_sources()
+    calls = [table.start(line, None, None) for line in ("desk-01", "desk-02", "desk-03")]
+    interface_stream, headset_stream = FakeStream.opened
+    interface.last_block = headset.last_block = 100.0
+    headset_stream.active = False  # the headset is unplugged, and stays away
+    FakeStream.fail_opens = 1000
+    headset.check(100.05)
+    interface.check(100.05)
+    for _ in range(50):
+        interface_stream.push()
+    headset.check(100.55)
+    assert (interface.state(), headset.state()) == ("running", "lost")
+    assert [c.buffer.total_frames for c in calls[:2]] == [50 * 160] * 2
+    assert [c.gap_frames for c in calls[:2]] == [0, 0]
+    assert abs(calls[2].gap_frames - 0.55 * 16000) <= 1
+
+
+def test_the_callback_neither_logs_nor_allocates_audio_memory(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    table, _ = two_device_table_and_sources()
+    for line in ("desk-01", "desk-02"):
+        table.start(line, None, None)
+    stream = FakeStream.opened[0]
+    # Large blocks (0.5 s), so that any copy of a line's audio (32 KB) would stand out
+    # from the few small view objects that slicing makes.
+    block = np.ones((8000, 4), dtype=np.int16)
+    caplog.set_level(logging.DEBUG)
+    tracemalloc.start()
+    try:
+        peaks = []
+        for _ in range(20):  # 10 s of audio: several new chunks per call
+            tracemalloc.reset_peak()
+            base, _ = tracemalloc.get_traced_memory()
+            stream.callback(block, 8000, None, 0)
+            peaks.append(tracemalloc.get_traced_memory()[1] - base)
+    finally:
+        tracemalloc.stop()
+    assert max(peaks) < 8 * 1024, peaks
+    assert caplog.records == []

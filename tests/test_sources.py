@@ -64,3 +64,34 @@ def test_a_loop_file_must_match_rate_and_channels(tmp_path: Path) -> None:
         read_loop_file(path, 8000, 4)
     with pytest.raises(SourceError, match="cannot read"):
         read_loop_file(tmp_path / "missing.wav", 8000, 2)
+
+
+class LateClock:
+    """A clock whose every wait oversleeps by 4 ms, as a busy machine does."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.blocks = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        self.now += seconds + 0.004
+        return False
+
+    def is_set(self) -> bool:
+        return self.blocks >= 500
+
+
+def test_pacing_follows_an_absolute_clock_and_never_drifts() -> None:
+    clock = LateClock()
+    source = LoopSource("t", np.zeros((320, 1), np.int16), 16000, 320, clock=clock)
+    source._stop = clock  # type: ignore[assignment]
+
+    def deliver(block: Int16Array, flagged: bool) -> None:
+        clock.blocks += 1
+
+    source._run(deliver)
+    # 500 blocks of 20 ms are due by 10 s: oversleeping must not add up.
+    assert abs((clock.now - 1000.0) - 500 * 0.020) < 0.02

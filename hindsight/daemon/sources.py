@@ -49,7 +49,14 @@ class Source(Protocol):
 class LoopSource:
     """Loops ``table`` (frames x channels) as live input, one block per period."""
 
-    def __init__(self, name: str, table: Int16Array, samplerate: int, blocksize: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        table: Int16Array,
+        samplerate: int,
+        blocksize: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if len(table) < blocksize:
             table = np.tile(table, (-(-blocksize // max(1, len(table))), 1))
         self.name = name
@@ -57,6 +64,7 @@ class LoopSource:
         self.samplerate = samplerate
         self.blocksize = blocksize
         self._block: Int16Array = np.zeros((blocksize, table.shape[1]), dtype=np.int16)
+        self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -77,12 +85,12 @@ class LoopSource:
 
     def _run(self, deliver: Deliver) -> None:
         period = self.blocksize / self.samplerate
-        t0 = time.monotonic()
+        t0 = self._clock()
         position = 0
         n = 0
         while not self._stop.is_set():
             n += 1
-            delay = t0 + n * period - time.monotonic()
+            delay = t0 + n * period - self._clock()
             if delay > 0 and self._stop.wait(delay):
                 break
             position = self._fill(position)
