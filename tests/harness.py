@@ -42,6 +42,7 @@ def config_text(tmp: Path, **over: Any) -> str:
         "max_call_seconds": 600,
         "lines": [("desk-01", [1, 2])],
         "devices": [],
+        "control": f"ipc://{tmp}/ctl.sock",
         "extra": "",
     }
     o.update(over)
@@ -55,7 +56,7 @@ def config_text(tmp: Path, **over: Any) -> str:
     return f"""
 [daemon]
 state_dir = "state"
-control = "ipc://{tmp}/ctl.sock"
+control = "{o["control"]}"
 
 [audio]
 source = "{o["source"]}"
@@ -101,7 +102,7 @@ class Daemon:
         self.config = tmp / "hindsight.toml"
         self.config.write_text(config_text(tmp, **over))
         self.state = tmp / "state"
-        self.endpoint = f"ipc://{tmp}/ctl.sock"
+        self.endpoint = str(over.get("control", f"ipc://{tmp}/ctl.sock"))
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = tmp / "daemon.stderr"

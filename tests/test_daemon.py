@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import stat
 import time
 from datetime import timedelta
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from hindsight import audit
+from hindsight import __version__, audit
 from hindsight.clock import parse_iso
 from tests.harness import RATE, Daemon, Span, find_offset, looped_span, noise_wav
 
@@ -128,6 +129,8 @@ def test_a_restart_continues_the_chain(tmp_path: Path) -> None:
         assert d.stop() == 0
     entries = d.entries()
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    assert entries[0]["prev"] == "0" * 64
+    assert {e["version"] for e in entries if e["event"].startswith("daemon_")} == {__version__}
     assert [e["event"] for e in entries].count("daemon_started") == 2
     assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(entries))
     assert audit.verify(d.state).ok
@@ -259,3 +262,13 @@ def test_buffered_audio_stays_out_of_swap_and_core_dumps(tmp_path: Path) -> None
     assert locked_kb >= 16 * 1024
     core = next(row for row in limits.splitlines() if row.startswith("Max core file size"))
     assert core.split()[4:6] == ["0", "0"]
+
+
+def test_the_control_socket_may_be_tcp_on_loopback(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Daemon(tmp_path, control=f"tcp://127.0.0.1:{port}") as d:
+        call_id = d.ok({"op": "start", "line": "desk-01"})["call_id"]
+        assert d.ok({"op": "end", "line": "desk-01"})["call_id"] == call_id
+        d.wait_for_event("call_wiped")
