@@ -62,18 +62,28 @@ def recording(d: Daemon, committed: dict[str, Any]) -> np.ndarray[Any, np.dtype[
     return np.asarray(data, dtype=np.float64)
 
 
+def call_during(
+    d: Daemon, server: PulseServer, wav: Path, lines: tuple[str, ...], mark: bool
+) -> None:
+    """Calls on ``lines`` that hold ``wav`` played with a margin on both sides; then end."""
+    for line in lines:
+        d.ok({"op": "start", "line": line})
+    time.sleep(0.3)
+    play(server, wav)
+    time.sleep(0.3)
+    for line in lines:
+        if mark:
+            d.ok({"op": "mark", "line": line})
+        d.ok({"op": "end", "line": line})
+
+
 def test_a_marked_call_holds_what_was_played_with_channels_in_order(
     pulse: PulseServer, tmp_path: Path
 ) -> None:
     wav, ref = stereo_reference(tmp_path)
     with pulse_daemon(tmp_path, pulse) as d:
         wait_state(d, "running")
-        d.ok({"op": "start", "line": "desk-01"})
-        time.sleep(0.3)
-        play(pulse, wav)
-        time.sleep(0.3)
-        d.ok({"op": "mark", "line": "desk-01"})
-        d.ok({"op": "end", "line": "desk-01"})
+        call_during(d, pulse, wav, ("desk-01",), mark=True)
         (committed,) = d.wait_for_event("call_committed")
     got = recording(d, committed)
     left, lag_left = best_ncc(got[:, 0], ref[:, 0])
@@ -91,9 +101,7 @@ def test_an_unmarked_call_from_a_real_device_leaves_no_file(
     wav, _ = stereo_reference(tmp_path)
     with pulse_daemon(tmp_path, pulse) as d:
         wait_state(d, "running")
-        d.ok({"op": "start", "line": "desk-01"})
-        play(pulse, wav)
-        d.ok({"op": "end", "line": "desk-01"})
+        call_during(d, pulse, wav, ("desk-01",), mark=False)
         (wiped,) = d.wait_for_event("call_wiped")
     assert wiped["seconds"] > 1.0
     assert [p.name for p in d.state.rglob("*") if p.is_file()] == ["commit.log"]
@@ -170,14 +178,7 @@ def test_several_devices_each_feed_their_own_lines(pulse: PulseServer, tmp_path:
         devices = d.ok({"op": "status"})["devices"]
         assert [x["device"] for x in devices] == ["headset", "softphone"]
         wait_state(d, "running")
-        for line in ("desk-01", "desk-02"):
-            d.ok({"op": "start", "line": line})
-        time.sleep(0.3)
-        play(pulse, wav)
-        time.sleep(0.3)
-        for line in ("desk-01", "desk-02"):
-            d.ok({"op": "mark", "line": line})
-            d.ok({"op": "end", "line": line})
+        call_during(d, pulse, wav, ("desk-01", "desk-02"), mark=True)
         committed = {c["line"]: c for c in d.wait_for_event("call_committed", 2)}
     first = recording(d, committed["desk-01"])
     second = recording(d, committed["desk-02"])
