@@ -109,9 +109,9 @@ def unavailable(reason: str) -> None:
     ./run test installs them, so that a missing feature never hides behind a skip."""
     import pytest
 
-    if os.environ.get("CI"):
-        pytest.fail(f"test infrastructure unavailable in CI: {reason}")
-    pytest.skip(reason)
+    in_ci = bool(os.environ.get("CI"))
+    stop = pytest.fail if in_ci else pytest.skip
+    stop(f"test infrastructure unavailable{' in CI' if in_ci else ''}: {reason}")
 
 
 def pulse_available() -> str | None:
