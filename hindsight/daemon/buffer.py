@@ -137,22 +137,25 @@ class CallBuffer:
         self.segments.append(Segment(index, frames))
         self.pos = 0
 
-    def roll_own(self) -> None:
-        """Reuse the oldest chunk as the newest: the call rolls."""
+    def _drop_oldest(self) -> Segment:
+        """Take the oldest chunk off the call, counting its audio as rolled away."""
         oldest = self.segments.pop(0)
         self.rolled_frames += self.chunk_frames - oldest.start
         oldest.start = 0
-        self.segments.append(oldest)
+        return oldest
+
+    def roll_own(self) -> None:
+        """Reuse the oldest chunk as the newest: the call rolls."""
+        self.segments.append(self._drop_oldest())
         self.pos = 0
 
     def surrender_oldest(self) -> int | None:
         """Give up the oldest chunk (zeroed) for another call; None when only one is held."""
         if len(self.segments) < 2:
             return None
-        oldest = self.segments.pop(0)
-        self.rolled_frames += self.chunk_frames - oldest.start
-        self.pool.data[oldest.index].fill(0)
-        return oldest.index
+        index = self._drop_oldest().index
+        self.pool.data[index].fill(0)
+        return index
 
     @property
     def kept_frames(self) -> int:

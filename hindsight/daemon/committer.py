@@ -146,9 +146,12 @@ class Committer:
             job.zeroed = True
 
     def _log_wipe(self, call: Call, why: str) -> None:
-        seconds = round(call.buffer.total_frames / call.samplerate, 3)
         self.log.append(
-            "call_wiped", call_id=call.call_id, line=call.line.name, seconds=seconds, why=why
+            "call_wiped",
+            call_id=call.call_id,
+            line=call.line.name,
+            seconds=round(call.seconds(), 3),
+            why=why,
         )
 
     def _give_up(self, job: Job) -> None:

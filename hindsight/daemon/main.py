@@ -48,6 +48,8 @@ COMMIT_LOG = "commit.log"
 
 def build_sources(config: Config) -> list[Source]:
     if config.audio.source == "sounddevice":
+        # Imported here: importing sounddevice initialises PortAudio, which the
+        # file and synthetic sources (demos, tests, hosts without sound) do not need.
         from hindsight.daemon.capture import DeviceSource, check_devices
 
         check_devices(config.audio.devices, config.audio.samplerate)
