@@ -11,6 +11,11 @@ Rules of this module:
 - Relative paths (``daemon.state_dir``, ``audio.file``, the path of an ``ipc://`` endpoint) are
   relative to the folder of the config file (``base_dir``); resolved paths are absolute.
 - Messages echo at most ~40 characters of any value from the file.
+- An id (a line, device or purpose name here, and every id of the control protocol) is
+  ``ID_PATTERN``: it never starts with a dot, so it can name a file beside the store's hidden
+  temp files (``.NAME.xxxx.tmp``) without being mistaken for one, and is never ``.`` or ``..``.
+- Only what the file alone decides is checked here; what depends on the host (free memory, the
+  state folder) is ``hindsight.daemon.host``'s.
 
 Parsing runs in three phases: each table is cleaned against its schema into a dict of the keys
 that passed (failed keys are left out, already reported); cross-checks then look only at the
@@ -32,7 +37,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from hindsight.errors import ConfigError
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 LEGAL_BASES = (
     "consent",
     "contract",
@@ -45,6 +50,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/hindsight/hindsight.toml")
 CONFIG_ENV = "HINDSIGHT_CONFIG"
 SOURCES = ("sounddevice", "file", "synthetic")
 DEFAULT_DEVICE_NAME = "default"
+# libsndfile's FLAC writer refuses more, so a wider line could never be kept.
+MAX_LINE_CHANNELS = 8
 
 _CLIP = 40
 _SCHEMES = ("ipc://", "tcp://")
@@ -209,7 +216,8 @@ class _Id(_Value[str]):
         text = _expect_str(raw)
         if not ID_PATTERN.fullmatch(text):
             raise ValueError(
-                f"must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, got {_clip(repr(text))}"
+                "must be 1 to 64 of the characters A-Z a-z 0-9 . _ - and not start with a dot, "
+                f"got {_clip(repr(text))}"
             )
         return text
 
@@ -221,6 +229,12 @@ class _Endpoint(_Value[str]):
             raise ValueError(f"must start with 'ipc://' or 'tcp://', got {_clip(repr(endpoint))}")
         if endpoint in _SCHEMES:
             raise ValueError(f"needs an address after {endpoint!r}")
+        if endpoint.startswith("ipc://@"):
+            raise ValueError(
+                "an abstract socket (ipc://@...) has no file permissions, so anyone on this host "
+                "could reach the daemon's admin socket; give a path, e.g. "
+                "'ipc:///run/hindsight/control.sock'"
+            )
         return endpoint
 
 
@@ -238,13 +252,17 @@ class _DeviceSpec(_Value[str | int | None]):
 
 
 class _Channels(_Value[tuple[int, ...]]):
-    """A non-empty list of distinct 1-based channel numbers (the upper bound is the device's)."""
+    """1 to 8 distinct 1-based channel numbers (the upper bound is also the device's)."""
 
     def parse(self, raw: object) -> tuple[int, ...]:
         if not isinstance(raw, list):
             raise ValueError(f"expected a list of integers, {_got(raw)}")
         if not raw:
             raise ValueError("must list at least one channel")
+        if len(raw) > MAX_LINE_CHANNELS:
+            raise ValueError(
+                f"lists {len(raw)} channels, but a FLAC recording holds at most {MAX_LINE_CHANNELS}"
+            )
         channels = tuple(_channel(index, item) for index, item in enumerate(raw))
         for index, channel in enumerate(channels):
             if channel in channels[:index]:
@@ -518,9 +536,9 @@ def _resolve(base: Path, path: str) -> Path:
 
 
 def _resolve_endpoint(endpoint: str, base: Path) -> str:
-    """A relative ``ipc://`` path is relative to ``base``; ``ipc://@name`` is Linux-abstract."""
+    """A relative ``ipc://`` path is relative to ``base`` (abstract ``@`` names are refused)."""
     scheme, _, address = endpoint.partition("://")
-    if scheme != "ipc" or address.startswith("@"):
+    if scheme != "ipc":
         return endpoint
     return f"ipc://{_resolve(base, address)}"
 

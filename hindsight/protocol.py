@@ -4,7 +4,9 @@ One request is one frame of UTF-8 JSON holding an object with an ``op``. Every
 request, however malformed, maps to exactly one reply: either a parsed
 request dataclass or a ``ProtocolError`` that ``error_reply`` turns into the
 contract's ``{"ok": false, "error": {...}}``. Unknown fields are ignored, so
-that newer clients can talk to older daemons.
+that newer clients can talk to older daemons. Every id (line, call_id, agent,
+purpose) is ``config.ID_PATTERN``, which refuses a leading dot: a call id names
+its recording's file, and must never name a hidden one, ``.`` or ``..``.
 """
 
 from __future__ import annotations
@@ -119,7 +121,10 @@ def _id(m: Mapping[str, Any], key: str) -> str:
         raise ProtocolError("bad_request", f"field '{key}' is required")
     value = m[key]
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise ProtocolError("bad_request", f"field '{key}' must match [A-Za-z0-9._-]{{1,64}}")
+        raise ProtocolError(
+            "bad_request",
+            f"field '{key}' must match [A-Za-z0-9._-]{{1,64}} and not start with a dot",
+        )
     return value
 
 

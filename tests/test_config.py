@@ -180,10 +180,23 @@ def test_resolved_paths_fold_dot_dot(tmp_path: Path) -> None:
 
 
 def test_absolute_and_non_ipc_endpoints_are_kept(tmp_path: Path) -> None:
-    for endpoint in ("ipc:///abs/ctl.sock", "tcp://127.0.0.1:5555", "ipc://@hindsight"):
+    for endpoint in ("ipc:///abs/ctl.sock", "tcp://127.0.0.1:5555"):
         text = f'[daemon]\ncontrol = "{endpoint}"\n' + ONE_LINE
 
         assert load_config(write(tmp_path, text)).daemon.control == endpoint
+
+
+def test_an_abstract_control_socket_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[daemon]\ncontrol = "ipc://@hindsight"\n' + ONE_LINE)
+
+    [problem] = problems(tmp_path, path.read_text())
+    with pytest.raises(ConfigError) as caught:
+        read_control_endpoint(path)
+
+    assert problem.startswith("daemon.control: an abstract socket (ipc://@...) has no file")
+    assert "anyone on this host could reach" in problem
+    assert "give a path" in problem
+    assert caught.value.problems == [problem]
 
 
 def test_parse_config_uses_base_dir_and_keeps_path_none() -> None:
@@ -316,6 +329,46 @@ def test_line_problems_name_the_entry(tmp_path: Path, line: str, expected: str) 
     assert problem.startswith(expected)
 
 
+def test_a_line_with_more_than_8_channels_is_refused(tmp_path: Path) -> None:
+    device = "[audio]\nchannels = 16\n"
+    eight = '[[lines]]\nname = "wide"\nchannels = [1, 2, 3, 4, 5, 6, 7, 8]\n'
+    nine = '[[lines]]\nname = "wide"\nchannels = [1, 2, 3, 4, 5, 6, 7, 8, 9]\n'
+
+    assert len(load_config(write(tmp_path, device + eight)).lines[0].channels) == 8
+    assert problems(tmp_path, device + nine) == [
+        "lines[0].channels: lists 9 channels, but a FLAC recording holds at most 8"
+    ]
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden", ".x.flac"])
+def test_call_ids_that_start_with_a_dot_are_refused(tmp_path: Path, name: str) -> None:
+    text = (
+        f'[sampling]\npurpose = "{name}"\n[marking]\npurpose = "{name}"\n'
+        f'[[devices]]\nname = "{name}"\nchannels = 2\n'
+        f'[[lines]]\nname = "{name}"\ndevice = "{name}"\nchannels = [1]\n'
+        f'[purposes."{name}"]\nlegal_basis = "consent"\nretention_days = 1\n'
+    )
+    refused = "must be 1 to 64 of the characters A-Z a-z 0-9 . _ - and not start with a dot"
+
+    found = problems(tmp_path, text)
+
+    assert sorted(p.partition(":")[0] for p in found) == [
+        "devices[0].name",
+        "lines[0].device",
+        "lines[0].name",
+        "marking.purpose",
+        "purposes",
+        "sampling.purpose",
+    ]
+    assert all(refused in problem for problem in found)
+
+
+def test_ids_may_hold_a_dot_after_the_first_character(tmp_path: Path) -> None:
+    text = '[[lines]]\nname = "desk.01"\nchannels = [1]\n'
+
+    assert load_config(write(tmp_path, text)).lines[0].name == "desk.01"
+
+
 def test_a_line_may_name_the_implicit_default_device(tmp_path: Path) -> None:
     text = '[[lines]]\nname = "a"\ndevice = "default"\nchannels = [2]\n'
 
@@ -348,8 +401,8 @@ def test_purpose_problems(tmp_path: Path) -> None:
         "got 'because'",
         "purposes.training.retention_days: must be between 1 and 36500, got 0",
         "purposes.escalation.retention_days: required, but missing",
-        "purposes: a purpose name must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, "
-        "got 'no way'",
+        "purposes: a purpose name must be 1 to 64 of the characters A-Z a-z 0-9 . _ - "
+        "and not start with a dot, got 'no way'",
     ]
 
 

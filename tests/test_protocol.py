@@ -79,6 +79,26 @@ def test_malformed_requests_are_bad_requests(frame: bytes) -> None:
     assert refused(frame) == "bad_request"
 
 
+@pytest.mark.parametrize("bad", [".", "..", ".hidden", ".x.flac"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"op": "start", "line": "d1", "call_id": "{}"},
+        {"op": "start", "line": "{}"},
+        {"op": "start", "line": "d1", "agent": "{}"},
+        {"op": "mark", "line": "d1", "purpose": "{}"},
+        {"op": "end", "line": "{}"},
+    ],
+    ids=lambda fields: "-".join(k for k, v in fields.items() if v == "{}"),
+)
+def test_call_ids_that_start_with_a_dot_are_refused(fields: dict[str, str], bad: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_request(req(**{key: value.format(bad) for key, value in fields.items()}))
+
+    assert caught.value.code == "bad_request"
+    assert caught.value.message.endswith("must match [A-Za-z0-9._-]{1,64} and not start with a dot")
+
+
 def test_an_unknown_op_is_named_as_such() -> None:
     assert refused(req(op="reboot")) == "unknown_op"
 
