@@ -97,6 +97,11 @@ class MarkingConfig:
 
 
 @dataclass(frozen=True)
+class WorkerConfig:
+    hang_seconds: float
+
+
+@dataclass(frozen=True)
 class LineConfig:
     name: str
     device: str  # the name of a DeviceConfig
@@ -117,6 +122,7 @@ class Config:
     buffer: BufferConfig
     sampling: SamplingConfig
     marking: MarkingConfig
+    worker: WorkerConfig
     lines: tuple[LineConfig, ...]
     purposes: tuple[PurposeConfig, ...]
     path: Path | None
@@ -314,12 +320,16 @@ _SAMPLING: Final[_Schema] = {
     "purpose": _Key(_Id(), "training"),
 }
 _MARKING: Final[_Schema] = {"purpose": _Key(_Id(), "escalation")}
+# The worker says alive twice a second; a long silence means it hangs (or starves: it runs
+# at idle priority, so a host whose CPUs are all busy for that long is taken for the same).
+_WORKER: Final[_Schema] = {"hang_seconds": _Key(_Float(0, 3600), 60)}
 _SECTIONS: Final[Mapping[str, _Schema]] = {
     "daemon": _DAEMON,
     "audio": _AUDIO,
     "buffer": _BUFFER,
     "sampling": _SAMPLING,
     "marking": _MARKING,
+    "worker": _WORKER,
 }
 _DEVICE: Final[_Schema] = {
     "name": _Key(_Id()),
@@ -571,6 +581,7 @@ def _build(
         buffer=BufferConfig(**sections["buffer"]),
         sampling=SamplingConfig(**sections["sampling"]),
         marking=MarkingConfig(**sections["marking"]),
+        worker=WorkerConfig(**sections["worker"]),
         lines=tuple(LineConfig(**entry) for entry in lines),
         purposes=tuple(PurposeConfig(**entry) for entry in purposes),
         path=path,

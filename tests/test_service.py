@@ -30,6 +30,9 @@ class Ended:
     def submit(self, call: Call) -> None:
         self.calls.append(call)
 
+    def state(self) -> dict[str, Any]:
+        return {"pid": None, "restarts": 0}
+
 
 def service(tmp_path: Path) -> tuple[Service, FullDiskLog, Ended]:
     config = parse_config(

@@ -12,7 +12,8 @@ from hindsight.config import Config, parse_config
 from hindsight.daemon import store as store_module
 from hindsight.daemon.buffer import Pool
 from hindsight.daemon.calls import Call, CallTable
-from hindsight.daemon.store import COMMITTED_FIELDS, Store
+from hindsight.daemon.layout import COMMITTED_FIELDS
+from hindsight.daemon.store import Committed, Store, describe
 from hindsight.errors import StoreError
 
 
@@ -38,13 +39,18 @@ def ended_call(config: Config, call_id: str = "c-1") -> Call:
     return table.end("desk-01")
 
 
+def commit(config: Config, call: Call) -> Committed:
+    """What the worker does with a kept call: the daemon's description, the pool's audio."""
+    return Store(config.daemon.state_dir).keep(describe(call, config), call.buffer.views())
+
+
 def files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
 def test_a_commit_writes_flac_and_sidecar_holding_the_logged_fields(config: Config) -> None:
     call = ended_call(config)
-    fields = Store(config).commit(call).fields
+    fields = commit(config, call).fields
     root = config.daemon.state_dir
     assert tuple(fields) == COMMITTED_FIELDS
     assert fields["path"] == f"recordings/{call.started:%Y/%m/%d}/c-1.flac"
@@ -79,7 +85,7 @@ def test_a_write_that_fails_midway_leaves_nothing_under_the_final_name(
     monkeypatch.setattr(store_module, "COPY_BLOCK", 64)
     monkeypatch.setattr(store_module.Sink, "write", fail_second)
     with pytest.raises(StoreError, match="No space left"):
-        Store(config).commit(ended_call(config))
+        commit(config, ended_call(config))
     assert files(config.daemon.state_dir) == []
 
 
@@ -96,17 +102,30 @@ def test_a_sidecar_that_fails_takes_its_recording_back(
     monkeypatch.setattr(store_module, "write_durably", no_json)
     call = ended_call(config)
     with pytest.raises(StoreError):
-        Store(config).commit(call)
+        commit(config, call)
     assert files(config.daemon.state_dir) == []
     monkeypatch.setattr(store_module, "write_durably", real)
-    assert Store(config).commit(call).fields["path"].endswith("/c-1.flac")
+    assert commit(config, call).fields["path"].endswith("/c-1.flac")
 
 
-def test_an_existing_file_is_never_replaced(config: Config) -> None:
+def test_a_redo_replaces_the_partial_files_of_an_earlier_attempt(config: Config) -> None:
     call = ended_call(config)
     folder = config.daemon.state_dir / f"recordings/{call.started:%Y/%m/%d}"
     folder.mkdir(parents=True)
-    (folder / "c-1.flac").write_bytes(b"left by a crash")
-    fields = Store(config).commit(call).fields
-    assert fields["path"].endswith("/c-1-2.flac")
-    assert (folder / "c-1.flac").read_bytes() == b"left by a crash"
+    (folder / "c-1.flac").write_bytes(b"landed, but its sidecar did not")
+    (folder / ".c-1.flac.1234abcd.tmp").write_bytes(b"half a file")
+    fields = commit(config, call).fields
+    assert fields["path"].endswith("/c-1.flac")
+    assert files(config.daemon.state_dir) == [fields["path"], fields["path"][:-5] + ".json"]
+    audio, _ = sf.read(str(config.daemon.state_dir / fields["path"]), dtype="int16")
+    assert len(audio) == 640
+
+
+def test_a_redo_after_a_whole_landing_reports_it_without_writing_again(config: Config) -> None:
+    call = ended_call(config)
+    first = commit(config, call).fields
+    path = config.daemon.state_dir / first["path"]
+    before = path.stat().st_mtime_ns, path.stat().st_ino
+    assert commit(config, call).fields == first
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == before
+    assert len(files(config.daemon.state_dir)) == 2

@@ -2,8 +2,10 @@
 
 Rules:
 
-- All audio memory is one numpy array, allocated once when the pool is made.
-  Nothing here allocates audio memory afterwards; the pool never grows.
+- All audio memory is one numpy array, made once with the pool: private
+  memory in unit tests, the shared mapping of ``memory.PoolMemory`` in the
+  daemon (which the worker process reads and zeroes in place). Nothing here
+  allocates audio memory afterwards; the pool never grows.
 - A chunk is a fixed number of int16 samples. A call with C channels views each
   of its chunks as ``(CHUNK_SAMPLES // C, C)`` frames, so lines of any width
   share the one pool.
@@ -22,15 +24,32 @@ import numpy.typing as npt
 
 CHUNK_SAMPLES = 32768  # 64 KiB of int16: ~1 s of 16 kHz stereo; small enough to roll finely
 Int16Array = npt.NDArray[np.int16]
+Extent = tuple[int, int, int]  # chunk index, first frame, end frame (frames of the call's width)
+
+
+def chunk_count(memory_mb: int, chunk_samples: int = CHUNK_SAMPLES) -> int:
+    return max(1, memory_mb * 1024 * 1024 // (chunk_samples * 2))
+
+
+def chunk_frames(index: int, begin: int, end: int, pool: Int16Array, channels: int) -> Int16Array:
+    """Frames ``begin:end`` of chunk ``index`` of ``pool`` viewed with ``channels`` per frame."""
+    frames = pool.shape[1] // channels
+    chunk: Int16Array = pool[index][: frames * channels].reshape(frames, channels)
+    return chunk[begin:end]
 
 
 class Pool:
     """Fixed, equal chunks: ``acquire`` hands one out; ``zero`` and ``give_back`` return it."""
 
-    def __init__(self, memory_mb: int, chunk_samples: int = CHUNK_SAMPLES) -> None:
-        count = max(1, memory_mb * 1024 * 1024 // (chunk_samples * 2))
-        # np.zeros maps zero pages lazily; memory is committed as calls write into it.
-        self.data: Int16Array = np.zeros((count, chunk_samples), dtype=np.int16)
+    def __init__(
+        self, memory_mb: int, chunk_samples: int = CHUNK_SAMPLES, data: Int16Array | None = None
+    ) -> None:
+        count = chunk_count(memory_mb, chunk_samples)
+        if data is None:
+            # np.zeros maps zero pages lazily; memory is committed as calls write into it.
+            data = np.zeros((count, chunk_samples), dtype=np.int16)
+        assert data.shape == (count, chunk_samples), data.shape
+        self.data: Int16Array = data
         self.chunk_samples = chunk_samples
         self._free = list(range(count - 1, -1, -1))
 
@@ -167,8 +186,9 @@ class CallBuffer:
         """Frames rolled away, counting the trim down to exactly ``max_frames``."""
         return self.total_frames - self.kept_frames
 
-    def views(self) -> Iterator[Int16Array]:
-        """The kept audio, oldest first, as views into the pool (no copies)."""
+    def extents(self) -> list[Extent]:
+        """Where the kept audio lies, oldest first: (chunk, first frame, end frame) triples."""
+        found = []
         skip = self.held_frames - self.kept_frames
         last = len(self.segments) - 1
         for i, segment in enumerate(self.segments):
@@ -176,7 +196,13 @@ class CallBuffer:
             begin = segment.start + skip
             skip = max(0, begin - end)
             if end > begin:
-                yield segment.frames[begin:end]
+                found.append((segment.index, begin, end))
+        return found
+
+    def views(self) -> Iterator[Int16Array]:
+        """The kept audio, oldest first, as views into the pool (no copies)."""
+        for index, begin, end in self.extents():
+            yield chunk_frames(index, begin, end, self.pool.data, self.channels)
 
     def detach(self) -> list[int]:
         """Let go of every chunk (still holding audio: the caller zeroes them)."""

@@ -7,7 +7,11 @@ Rules:
   starts half-way.
 - Signal handlers only queue the signal (and wake the loop through the
   wakeup fd); the main loop acts on it.
-- Shutdown: stop taking calls, end every live call through the committer
+- Two processes: this one keeps the call table, the audio sources, the
+  control loop and the commit log; the worker process (``worker``, driven
+  by the ``keeper`` thread) does everything slow to ended calls, reading
+  them from the shared chunk pool (``memory``).
+- Shutdown: stop taking calls, end every live call through the keeper
   (kept ones are committed, the rest wiped), wait for it, log
   ``daemon_stopped``, exit 0.
 """
@@ -29,15 +33,16 @@ from hindsight import __version__
 from hindsight.commitlog import CommitLog
 from hindsight.config import Config, load_config, resolve_config_path
 from hindsight.daemon import systemd
-from hindsight.daemon.buffer import Pool
+from hindsight.daemon.buffer import CHUNK_SAMPLES, Pool, chunk_count
 from hindsight.daemon.calls import CallTable
-from hindsight.daemon.committer import Committer
-from hindsight.daemon.harden import harden_process, lock_in_memory
+from hindsight.daemon.harden import harden_process
+from hindsight.daemon.host import check_host, make_state_dir
+from hindsight.daemon.keeper import Keeper, process_spawner
+from hindsight.daemon.memory import PoolMemory
 from hindsight.daemon.recovery import settle_open_calls
 from hindsight.daemon.server import ControlServer
 from hindsight.daemon.service import Service
 from hindsight.daemon.sources import Source, loop_source
-from hindsight.daemon.store import Store
 from hindsight.errors import ConfigError, HindsightError
 
 log = logging.getLogger("hindsight.daemon")
@@ -67,9 +72,11 @@ class Daemon:
         # ends with every call settled and daemon_stopped logged.
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        # Before anything heavy: a pool this host cannot hold is refused, never tried.
+        check_host(self.config)
         harden_process()
         state_dir = self.config.daemon.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        make_state_dir(state_dir)
         commit_log = CommitLog.open(state_dir / COMMIT_LOG)
         try:
             return self._run(commit_log)
@@ -77,18 +84,22 @@ class Daemon:
             commit_log.close()
 
     def _run(self, commit_log: CommitLog) -> int:
-        pool = Pool(self.config.buffer.memory_mb)
-        lock_in_memory(pool.data)
+        count = chunk_count(self.config.buffer.memory_mb)
+        memory = PoolMemory.create(count * CHUNK_SAMPLES * 2)
+        pool = Pool(self.config.buffer.memory_mb, data=memory.array(CHUNK_SAMPLES))
         table = CallTable(self.config, pool, known_ids=commit_log.call_ids)
-        committer = Committer(table, Store(self.config), commit_log)
+        spawn = process_spawner(memory, CHUNK_SAMPLES, self.config.daemon.state_dir)
+        keeper = Keeper(
+            table, commit_log, self.config, spawn, hang_seconds=self.config.worker.hang_seconds
+        )
         sources = build_sources(self.config)
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         server = ControlServer(context, self.config.daemon.control)
-        service = Service(self.config, table, committer, commit_log, lambda: _states(sources))
+        service = Service(self.config, table, keeper, commit_log, lambda: _states(sources))
         try:
-            self._start(commit_log, committer, table, sources, pool)
+            self._start(commit_log, keeper, table, sources, pool)
             self._loop(server, service, table)
-            self._shutdown(server, service, committer, sources, commit_log)
+            self._shutdown(server, service, keeper, sources, commit_log)
         finally:
             for source in sources:
                 source.stop()
@@ -99,7 +110,7 @@ class Daemon:
     def _start(
         self,
         commit_log: CommitLog,
-        committer: Committer,
+        keeper: Keeper,
         table: CallTable,
         sources: list[Source],
         pool: Pool,
@@ -109,7 +120,7 @@ class Daemon:
                 functools.partial(table.feed, source.name),
                 functools.partial(table.fill_silence, source.name),
             )
-        committer.start()
+        keeper.start()
         commit_log.append("daemon_started", version=__version__)
         settle_open_calls(commit_log, self.config.daemon.state_dir)
         log.info(
@@ -162,7 +173,7 @@ class Daemon:
         self,
         server: ControlServer,
         service: Service,
-        committer: Committer,
+        keeper: Keeper,
         sources: list[Source],
         commit_log: CommitLog,
     ) -> None:
@@ -170,10 +181,10 @@ class Daemon:
         service.end_all()
         for source in sources:
             source.stop()
-        committer.finish()
+        keeper.finish()
         # Keep answering while the last calls are written: clients get
         # not_allowed rather than a time-out.
-        while not committer.wait(TICK_MS / 1000):
+        while not keeper.wait(TICK_MS / 1000):
             server.serve_pending(service.handle)
         commit_log.append("daemon_stopped", version=__version__)
         log.info("hindsightd stopped")
@@ -245,16 +256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = resolve_config_path(args.config)
     try:
         config = load_config(path)
+        if args.check_config:
+            check_host(config)
+            print(f"{path}: ok ({len(config.lines)} lines)")
+            return 0
+        return Daemon(config).run()
     except ConfigError as exc:
         out = sys.stdout if args.check_config else sys.stderr
         for problem in exc.problems:
             print(problem, file=out)
         return 2
-    if args.check_config:
-        print(f"{path}: ok ({len(config.lines)} lines)")
-        return 0
-    try:
-        return Daemon(config).run()
     except (HindsightError, OSError) as exc:
         print(f"hindsightd: {exc}", file=sys.stderr)
         return 1

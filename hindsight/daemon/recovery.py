@@ -2,7 +2,7 @@
 
 A call whose ``call_started`` has no outcome was live, or being committed,
 when the daemon died. Its audio in memory died with the process, but the
-committer may have finished the durable part of its work:
+worker may have finished the durable part of its work:
 
 - recording and sidecar both landed, only the log line is missing: the
   recording is whole and was kept, so ``call_committed`` is logged from the
@@ -14,48 +14,24 @@ committer may have finished the durable part of its work:
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
-from hindsight.audit import file_sha256
 from hindsight.commitlog import CommitLog
-from hindsight.daemon.store import COMMITTED_FIELDS, RECORDINGS
+from hindsight.daemon.layout import landed, partials
 
 log = logging.getLogger(__name__)
 
 
 def settle_open_calls(commit_log: CommitLog, state_dir: Path) -> None:
     for call_id, line in list(commit_log.open_calls.items()):
-        fields = _landed(state_dir, call_id)
+        fields = landed(state_dir, call_id)
         if fields is not None:
             commit_log.append("call_committed", **fields, recovered=True)
             log.warning("call %s was committed to disk before a crash; logged now", call_id)
             continue
-        for partial in _partials(state_dir, call_id):
+        for partial in partials(state_dir, call_id):
             partial.unlink()
             log.warning("removed %s, a partial recording left by a crash", partial)
         commit_log.append("call_wiped", call_id=call_id, line=line, seconds=0, why="lost_in_crash")
         log.warning("call %s was live when the daemon last died; logged as lost", call_id)
-
-
-def _landed(state_dir: Path, call_id: str) -> dict[str, Any] | None:
-    for sidecar in sorted(state_dir.glob(f"{RECORDINGS}/*/*/*/{call_id}.json")):
-        try:
-            data = json.loads(sidecar.read_text(encoding="utf-8"))
-            recording = state_dir / data["path"]
-            if recording.is_file() and file_sha256(recording) == data["sha256"]:
-                return {key: data[key] for key in COMMITTED_FIELDS}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable sidecar %s: %s", sidecar, exc)
-    return None
-
-
-def _partials(state_dir: Path, call_id: str) -> list[Path]:
-    folders = f"{RECORDINGS}/*/*/*"
-    return [
-        *state_dir.glob(f"{folders}/.{call_id}.*.tmp"),
-        *state_dir.glob(f"{folders}/{call_id}.flac"),
-        *state_dir.glob(f"{folders}/{call_id}.json"),
-    ]

@@ -32,9 +32,11 @@ log = logging.getLogger(__name__)
 
 
 class Settler(Protocol):
-    """Where ended calls go to get their outcome: the committer."""
+    """Where ended calls go to get their outcome: the keeper."""
 
     def submit(self, call: Call) -> None: ...
+
+    def state(self) -> dict[str, Any]: ...
 
 
 class Service:
@@ -42,13 +44,13 @@ class Service:
         self,
         config: Config,
         table: CallTable,
-        committer: Settler,
+        keeper: Settler,
         commit_log: CommitLog,
         device_states: Callable[[], dict[str, str]],
     ) -> None:
         self.config = config
         self.table = table
-        self.committer = committer
+        self.keeper = keeper
         self.log = commit_log
         self.device_states = device_states
         self.accepting = True
@@ -96,7 +98,7 @@ class Service:
 
     def _end(self, request: End) -> dict[str, Any]:
         call = self.table.end(request.line)
-        self.committer.submit(call)
+        self.keeper.submit(call)
         log.info("call %s ended on %s", call.call_id, call.line.name)
         return {"call_id": call.call_id}
 
@@ -130,11 +132,11 @@ class Service:
             for s in self.table.status()
         ]
         devices = [{"device": name, "state": state} for name, state in self.device_states().items()]
-        return {"lines": lines, "devices": devices}
+        return {"lines": lines, "devices": devices, "worker": self.keeper.state()}
 
     def end_all(self) -> None:
-        """Stop taking calls and hand every live call to the committer."""
+        """Stop taking calls and hand every live call to the keeper."""
         self.accepting = False
         for call in self.table.end_all():
-            self.committer.submit(call)
+            self.keeper.submit(call)
             log.info("call %s ended by shutdown", call.call_id)

@@ -1,9 +1,16 @@
-"""Recordings on disk: FLAC encoding and the atomic, durable write of a file and its sidecar.
+"""Recordings on disk: what a kept call's record says, FLAC encoding, and the durable write.
 
 Rules:
 
-- Only the committer thread calls this module; it never runs on the audio
-  thread or in the control loop.
+- Two halves. ``describe`` runs in the daemon: it turns an ended call into a
+  ``Keep``, everything about the recording except its audio, path and hash.
+  ``Store`` runs in the worker process only: it reads the audio from the
+  shared pool and writes the files; it never runs on the audio thread or in
+  the control loop.
+- Writing a call is idempotent, because a worker that died is replaced and
+  its job redone: a recording that already landed whole (sidecar and file
+  whose hash matches) is reported again, not written twice; the partial
+  files of an earlier attempt are removed first.
 - A call is encoded to FLAC in memory, chunk by chunk (libsndfile has crashed
   on one huge write), then streamed through ``Sink`` into a temporary file in
   the target folder. The sink is the seam where encryption will wrap the
@@ -11,7 +18,7 @@ Rules:
 - A file appears under its final name only whole: temp file, fsync, link to
   the final name (which never replaces an existing file), fsync the folder.
 - The sidecar is written the same way, and only after both are durable does
-  the caller append ``call_committed`` to the log.
+  the worker report the call ``stored``, and the daemon append ``call_committed``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import os
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,27 +41,11 @@ from hindsight.clock import iso
 from hindsight.config import Config
 from hindsight.daemon.buffer import Int16Array
 from hindsight.daemon.calls import Call
+from hindsight.daemon.layout import COMMITTED_FIELDS, RECORDINGS, landed, partials
 from hindsight.durable import fsync_dir, make_dirs
 from hindsight.errors import StoreError
 
-RECORDINGS = "recordings"
 COPY_BLOCK = 1 << 20
-# The fields of a call_committed line; every sidecar holds them too.
-COMMITTED_FIELDS = (
-    "call_id",
-    "line",
-    "agent",
-    "reasons",
-    "purposes",
-    "retention",
-    "retain_until",
-    "path",
-    "sha256",
-    "seconds",
-    "rolled_seconds",
-    "lost_seconds",
-    "status_flags",
-)
 
 
 @dataclass(frozen=True)
@@ -62,6 +53,25 @@ class Committed:
     """What the log line ``call_committed`` says about a kept call."""
 
     fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Keep:
+    """A kept call as the worker needs it, all but the audio: built by ``describe``."""
+
+    call_id: str
+    folder: str  # YYYY/MM/DD under recordings/, from the call's start
+    samplerate: int
+    channels: int
+    fields: dict[str, Any]  # call_committed's fields but path and sha256
+    extra: dict[str, Any]  # what the sidecar holds beyond those
+
+    def to_wire(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Keep:
+        return cls(**data)
 
 
 def encode_flac(views: Iterable[Int16Array], samplerate: int, channels: int) -> bytes:
@@ -92,28 +102,19 @@ class Sink:
         return self._hash.hexdigest()
 
     def land(self) -> Path:
-        """fsync, then give the file its final name without ever replacing one; fsync the folder."""
+        """fsync, then give the file its final name, never replacing one (link fails on an
+        existing name, and a redo removes its call's earlier files first); fsync the folder."""
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        final = _free_name(self.final)
-        os.link(self.temp, final)
+        os.link(self.temp, self.final)
         os.unlink(self.temp)
-        fsync_dir(final.parent)
-        return final
+        fsync_dir(self.final.parent)
+        return self.final
 
     def discard(self) -> None:
         self._file.close()
         self.temp.unlink(missing_ok=True)
-
-
-def _free_name(path: Path) -> Path:
-    """``path``, or ``stem-2.ext``, ``stem-3.ext``… when a file (say from a crash) holds it."""
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
 
 
 def write_durably(final: Path, data: bytes) -> tuple[Path, str]:
@@ -128,25 +129,31 @@ def write_durably(final: Path, data: bytes) -> tuple[Path, str]:
 
 
 class Store:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.root = config.daemon.state_dir
+    """Writes kept calls under ``state_dir``/recordings; the worker process's half."""
 
-    def commit(self, call: Call) -> Committed:
-        """Write ``call`` as FLAC plus sidecar; return the fields of its ``call_committed``."""
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir
+
+    def keep(self, keep: Keep, views: Iterable[Int16Array]) -> Committed:
+        """Write ``views`` as FLAC plus sidecar; return the fields of its ``call_committed``."""
         try:
-            return self._commit(call)
+            return self._keep(keep, views)
         except (OSError, sf.LibsndfileError, RuntimeError) as exc:
-            raise StoreError(f"cannot write recording of call {call.call_id}: {exc}") from exc
+            # No call id: the daemon's own log must not tell which calls are kept.
+            raise StoreError(f"cannot write a recording: {exc}") from exc
 
-    def _commit(self, call: Call) -> Committed:
-        assert call.ended is not None
-        channels = len(call.line.channels)
-        flac = encode_flac(call.buffer.views(), call.samplerate, channels)
-        folder = self.root / RECORDINGS / f"{call.started:%Y/%m/%d}"
-        path, digest = write_durably(folder / f"{call.call_id}.flac", flac)
-        fields = self._fields(call, path, digest)
-        sidecar = dict(fields, **self._sidecar_extra(call, fields["retention"]))
+    def _keep(self, keep: Keep, views: Iterable[Int16Array]) -> Committed:
+        done = landed(self.root, keep.call_id)
+        if done is not None:
+            return Committed(done)
+        for partial in partials(self.root, keep.call_id):
+            partial.unlink()
+        flac = encode_flac(views, keep.samplerate, keep.channels)
+        folder = self.root / RECORDINGS / keep.folder
+        path, digest = write_durably(folder / f"{keep.call_id}.flac", flac)
+        fields = dict(keep.fields, path=path.relative_to(self.root).as_posix(), sha256=digest)
+        fields = {key: fields[key] for key in COMMITTED_FIELDS}  # the log's order
+        sidecar = dict(fields, **keep.extra)
         text = json.dumps(sidecar, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
         try:
             write_durably(path.with_suffix(".json"), text.encode("utf-8"))
@@ -155,66 +162,68 @@ class Store:
             raise
         return Committed(fields)
 
-    def _fields(self, call: Call, path: Path, digest: str) -> dict[str, Any]:
-        assert call.ended is not None
-        retention = self._retention(call, call.ended)
-        rate = call.samplerate
-        fields = {
-            "call_id": call.call_id,
-            "line": call.line.name,
-            "agent": call.agent,
-            "reasons": reasons(call),
-            "purposes": list(retention),
-            "retention": retention,
-            "retain_until": max(retention.values()),
-            "path": path.relative_to(self.root).as_posix(),
-            "sha256": digest,
-            "seconds": round(call.buffer.kept_frames / rate, 3),
-            "rolled_seconds": round(call.buffer.rolled_total / rate, 3),
-            "lost_seconds": round(call.gap_frames / rate, 3),
-            "status_flags": call.status_flags,
-        }
-        assert tuple(fields) == COMMITTED_FIELDS
-        return fields
 
-    def _retention(self, call: Call, ended: datetime) -> dict[str, str]:
-        retention = {}
-        for name in purposes(call, self.config.sampling.purpose):
-            purpose = self.config.purpose(name)
-            assert purpose is not None
-            retention[name] = iso(ended + timedelta(days=purpose.retention_days))
-        return retention
+def describe(call: Call, config: Config) -> Keep:
+    """Everything a kept call's recording says but its audio, path and hash (daemon side)."""
+    assert call.ended is not None
+    retention = _retention(call, config)
+    rate = call.samplerate
+    fields = {
+        "call_id": call.call_id,
+        "line": call.line.name,
+        "agent": call.agent,
+        "reasons": reasons(call),
+        "purposes": list(retention),
+        "retention": retention,
+        "retain_until": max(retention.values()),
+        "seconds": round(call.buffer.kept_frames / rate, 3),
+        "rolled_seconds": round(call.buffer.rolled_total / rate, 3),
+        "lost_seconds": round(call.gap_frames / rate, 3),
+        "status_flags": call.status_flags,
+    }
+    channels = len(call.line.channels)
+    extra = _sidecar_extra(call, config, retention)
+    return Keep(call.call_id, f"{call.started:%Y/%m/%d}", rate, channels, fields, extra)
 
-    def _sidecar_extra(self, call: Call, retention: dict[str, str]) -> dict[str, Any]:
-        assert call.ended is not None
-        rate = call.samplerate
-        terms = {}
-        for name, retain_until in retention.items():
-            purpose = self.config.purpose(name)
-            assert purpose is not None
-            terms[name] = {
-                "legal_basis": purpose.legal_basis,
-                "retention_days": purpose.retention_days,
-                "retain_until": retain_until,
-            }
-        return {
-            "start": iso(call.started),
-            "end": iso(call.ended),
-            "samplerate": call.samplerate,
-            "channels": len(call.line.channels),
-            "device": call.line.device,
-            "device_channels": list(call.line.channels),
-            "format": "FLAC/PCM_16",
-            "purpose_terms": terms,
-            "marks": [
-                {"purpose": m.purpose, "time": iso(m.time), "note": m.note} for m in call.marks
-            ],
-            "gaps": [
-                {"at_seconds": round(at / rate, 3), "seconds": round(n / rate, 3)}
-                for at, n in call.gaps
-            ],
-            "hindsight_version": __version__,
+
+def _retention(call: Call, config: Config) -> dict[str, str]:
+    assert call.ended is not None
+    retention = {}
+    for name in purposes(call, config.sampling.purpose):
+        purpose = config.purpose(name)
+        assert purpose is not None
+        retention[name] = iso(call.ended + timedelta(days=purpose.retention_days))
+    return retention
+
+
+def _sidecar_extra(call: Call, config: Config, retention: dict[str, str]) -> dict[str, Any]:
+    assert call.ended is not None
+    rate = call.samplerate
+    terms = {}
+    for name, retain_until in retention.items():
+        purpose = config.purpose(name)
+        assert purpose is not None
+        terms[name] = {
+            "legal_basis": purpose.legal_basis,
+            "retention_days": purpose.retention_days,
+            "retain_until": retain_until,
         }
+    return {
+        "start": iso(call.started),
+        "end": iso(call.ended),
+        "samplerate": call.samplerate,
+        "channels": len(call.line.channels),
+        "device": call.line.device,
+        "device_channels": list(call.line.channels),
+        "format": "FLAC/PCM_16",
+        "purpose_terms": terms,
+        "marks": [{"purpose": m.purpose, "time": iso(m.time), "note": m.note} for m in call.marks],
+        "gaps": [
+            {"at_seconds": round(at / rate, 3), "seconds": round(n / rate, 3)}
+            for at, n in call.gaps
+        ],
+        "hindsight_version": __version__,
+    }
 
 
 def reasons(call: Call) -> list[str]:

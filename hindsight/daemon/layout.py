@@ -1,0 +1,60 @@
+"""Where a call's files lie under state_dir, and how to tell a whole recording from a partial.
+
+One place names every path of a recording, so that the store (writing), the
+worker redoing a job, and recovery after a crash agree on what belongs to a
+call: ``recordings/YYYY/MM/DD/<call_id>.flac``, its sidecar ``<call_id>.json``
+beside it, and the store's temp files ``.<call_id>.flac.<random>.tmp``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hindsight.audit import file_sha256
+
+log = logging.getLogger(__name__)
+
+RECORDINGS = "recordings"
+_FOLDERS = f"{RECORDINGS}/*/*/*"
+# The fields of a call_committed line; every sidecar holds them too.
+COMMITTED_FIELDS = (
+    "call_id",
+    "line",
+    "agent",
+    "reasons",
+    "purposes",
+    "retention",
+    "retain_until",
+    "path",
+    "sha256",
+    "seconds",
+    "rolled_seconds",
+    "lost_seconds",
+    "status_flags",
+)
+
+
+def landed(state_dir: Path, call_id: str) -> dict[str, Any] | None:
+    """The ``call_committed`` fields of ``call_id``'s sidecar when it and its recording
+    landed whole (hash checked), else None."""
+    for sidecar in sorted(state_dir.glob(f"{_FOLDERS}/{call_id}.json")):
+        try:
+            data: dict[str, Any] = json.loads(sidecar.read_text(encoding="utf-8"))
+            recording = state_dir / data["path"]
+            if recording.is_file() and file_sha256(recording) == data["sha256"]:
+                return {key: data[key] for key in COMMITTED_FIELDS}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable sidecar %s: %s", sidecar, exc)
+    return None
+
+
+def partials(state_dir: Path, call_id: str) -> list[Path]:
+    """Every file of ``call_id`` under recordings/: temp files, a recording, a sidecar."""
+    return [
+        *state_dir.glob(f"{_FOLDERS}/.{call_id}.*.tmp"),
+        *state_dir.glob(f"{_FOLDERS}/{call_id}.flac"),
+        *state_dir.glob(f"{_FOLDERS}/{call_id}.json"),
+    ]

@@ -1,0 +1,150 @@
+"""The worker process: everything slow that happens to an ended call.
+
+The daemon starts it (``python -m hindsight.daemon.worker``), hands it the
+chunk pool's memfd and one end of a socketpair, and sends it jobs (see
+``jobs``). For an ended call it
+
+- encodes the kept audio to FLAC straight out of the shared pool and writes
+  it durably with its sidecar (``store``), then says ``stored``;
+- zeroes every chunk the call held, in the shared pool, then says ``zeroed``.
+
+Rules:
+
+- It runs at idle priority, non-dumpable, with the pool locked and kept out
+  of core dumps in its own mapping too; it dies with the daemon.
+- It never writes the commit log: the daemon is its single writer and logs
+  each outcome when the worker reports it.
+- It never decides a call's fate; the job says whether to keep it. A step
+  that fails is reported (``failed``) and the call's memory is left as it
+  was, so the daemon can send the job again.
+- It says ``alive`` at least every ``HEARTBEAT`` seconds, idle or busy, so
+  the daemon can tell a hung worker from a busy one.
+- Its log lines name no call that is kept: the daemon's own log must not tell
+  which calls were sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import select
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from hindsight.daemon import jobs
+from hindsight.daemon.buffer import Int16Array, chunk_frames
+from hindsight.daemon.harden import die_with_parent, harden_process, lower_priority
+from hindsight.daemon.memory import PoolMemory
+from hindsight.daemon.store import Keep, Store
+from hindsight.errors import HindsightError
+
+log = logging.getLogger("hindsight.worker")
+
+HEARTBEAT = 0.5
+
+
+class Worker:
+    """Serves jobs from ``sock`` until the daemon closes it; ``pool`` is the shared pool."""
+
+    def __init__(self, sock: socket.socket, pool: Int16Array, store: Store) -> None:
+        self.sock = sock
+        self.pool = pool
+        self.store = store
+        self._said = 0.0
+        self._kinds: dict[str, Callable[[dict[str, Any]], None]] = {"settle": self._settle}
+
+    def run(self) -> None:
+        try:
+            while True:
+                if not select.select([self.sock], [], [], HEARTBEAT)[0]:
+                    self._alive()
+                    continue
+                self._do(jobs.receive(self.sock))
+        except jobs.ChannelClosed:
+            log.debug("the daemon closed the channel; worker done")
+
+    def _do(self, job: dict[str, Any]) -> None:
+        handler = self._kinds.get(str(job.get("kind")))
+        if handler is None:
+            self._reply(job, "failed", error=f"unknown job kind {job.get('kind')!r}")
+            return
+        try:
+            handler(job)
+        except jobs.ChannelClosed:
+            raise
+        except Exception as exc:  # a bug must not cost the call: the daemon sends it again
+            log.exception("job failed unexpectedly")
+            self._reply(job, "failed", error=f"internal error in the worker: {exc}")
+
+    def _settle(self, job: dict[str, Any]) -> None:
+        if job["keep"] is not None:
+            try:
+                committed = self.store.keep(Keep.from_wire(job["keep"]), self._views(job))
+            except HindsightError as exc:
+                self._reply(job, "failed", error=str(exc))
+                return
+            self._reply(job, "stored", fields=committed.fields)
+        for index in job["chunks"]:
+            self.pool[index].fill(0)
+            self._tick()
+        self._reply(job, "zeroed")
+
+    def _views(self, job: dict[str, Any]) -> Iterator[Int16Array]:
+        for index, begin, end in job["extents"]:
+            self._tick()
+            yield chunk_frames(index, begin, end, self.pool, job["channels"])
+
+    def _tick(self) -> None:
+        if time.monotonic() - self._said >= HEARTBEAT:
+            self._alive()
+
+    def _alive(self) -> None:
+        jobs.send(self.sock, {"step": "alive"})
+        self._said = time.monotonic()
+
+    def _reply(self, job: dict[str, Any], step: str, **fields: Any) -> None:
+        jobs.send(self.sock, {"job": job.get("job"), "step": step, **fields})
+        self._said = time.monotonic()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="hindsight-worker", description="Hindsight's worker process; started by hindsightd."
+    )
+    parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--pool-fd", type=int, required=True)
+    parser.add_argument("--pool-size", type=int, required=True)
+    parser.add_argument("--chunk-samples", type=int, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    die_with_parent(args.parent)
+    harden_process()
+    priority = lower_priority()
+    try:
+        memory = PoolMemory.attach(args.pool_fd, args.pool_size)
+    except HindsightError as exc:
+        log.error("%s", exc)
+        return 1
+    sock = socket.socket(fileno=args.channel_fd)
+    log.debug("worker up at %s", priority)
+    Worker(sock, memory.array(args.chunk_samples), Store(args.state_dir)).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
