@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import secrets
 from pathlib import Path
 from typing import Any
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 
 from hindsight.config import Config, parse_config
+from hindsight.daemon import calls
 from hindsight.daemon.buffer import Int16Array, Pool
-from hindsight.daemon.calls import CallTable, columns_for, draw_sample
+from hindsight.daemon.calls import NIL, Call, CallTable, LineStatus, columns_for, draw_sample
 from hindsight.errors import ProtocolError
 
 CHUNK = 64
@@ -225,3 +227,168 @@ def test_a_failed_device_silences_only_its_own_lines() -> None:
     assert b.gap_frames == 1000 and b.gaps == [[0, 1000]]
     assert a.gap_frames == 0 and a.buffer.total_frames == 16
     assert [s.lost_seconds for s in t.status()] == [0.0, round(1000 / 16000, 3)]
+
+
+def feed(t: CallTable, blocks: int) -> None:
+    for _ in range(blocks):
+        t.feed("default", block(), False)
+
+
+# Each stereo call below holds 32 frames (two 16-frame blocks) per chunk.
+
+
+def test_a_dry_pool_takes_from_an_unkept_call_before_a_longer_kept_one() -> None:
+    t = table(chunks=8)
+    kept = t.start("a", None, None)
+    t.mark("a", "escalation", None)
+    feed(t, 4)
+    unkept = t.start("b", None, None)
+    feed(t, 5)  # kept: 5 chunks, unkept: 3; the pool is dry
+    assert t.pool.free == 0
+    feed(t, 2)  # both need a chunk: the kept one takes the unkept one's, which then rolls its own
+    assert t.pool_steals == 2
+    assert kept.buffer.rolled_total == 0 and kept.buffer.chunks == 6
+    assert unkept.buffer.rolled_total == 64 and unkept.buffer.chunks == 2
+
+
+def test_a_dry_pool_takes_from_the_longest_call_not_the_requester() -> None:
+    t = table(chunks=6)
+    long = t.start("a", None, None)
+    feed(t, 4)
+    short = t.start("b", None, None)
+    feed(t, 4)  # long: 4 chunks, short: 2; the pool is dry
+    assert t.pool.free == 0
+    feed(t, 1)  # both need a chunk: the long call rolls its own, then gives one to the short
+    assert t.pool_steals == 2
+    assert long.buffer.rolled_total == 64 and long.buffer.chunks == 3
+    assert short.buffer.rolled_total == 0 and short.buffer.chunks == 3
+
+
+def test_a_lone_call_rolls_its_own_chunks_on_a_dry_pool() -> None:
+    t = table(chunks=3)
+    call = t.start("a", None, None)
+    feed(t, 7)
+    assert t.pool_steals == 1 and call.buffer.rolled_total == 32 and call.buffer.chunks == 3
+    t = table(chunks=1)
+    holder, starved = t.start("a", None, None), t.start("b", None, None)
+    feed(t, 3)  # one chunk, no call with two: the holder rolls it, the other gets nothing
+    assert holder.buffer.rolled_total == 32 and holder.buffer.chunks == 1
+    assert starved.buffer.chunks == 0 and t.dropped_frames == 3 * 16
+
+
+def test_a_mark_moves_a_call_behind_every_unkept_one() -> None:
+    t = table(chunks=8)
+    marked = t.start("a", None, None)
+    feed(t, 4)
+    other = t.start("b", None, None)
+    feed(t, 5)  # marked: 5 chunks, other: 3; the pool is dry
+    t.mark("a", "escalation", None)
+    feed(t, 2)
+    # Unmarked, the longer call would have rolled its own chunk.
+    assert marked.buffer.rolled_total == 0 and marked.buffer.chunks == 6
+    assert other.buffer.rolled_total == 64 and other.buffer.chunks == 2
+
+
+def test_an_ended_call_is_no_longer_a_victim() -> None:
+    t = table(chunks=6)
+    ended = t.start("a", None, None)
+    feed(t, 8)
+    t.end("a")  # not released: its chunks stay with it until they are wiped
+    other = t.start("b", None, None)
+    feed(t, 6)
+    assert ended.buffer.chunks == 4 and ended.buffer.rolled_total == 0
+    assert other.buffer.rolled_total == 32 and other.buffer.chunks == 2
+
+
+def test_a_new_call_on_the_line_of_an_ended_one_starts_unranked() -> None:
+    t = table(chunks=5)
+    ended = t.start("b", None, None)
+    feed(t, 6)
+    other = t.start("a", None, None)
+    feed(t, 2)  # ended: 4 chunks, other: 1; the pool is dry
+    t.end("b")
+    fresh = t.start("b", None, None)
+    feed(t, 1)  # "a" is fed first: it must not take from the fresh call, which holds nothing
+    assert ended.buffer.chunks == 4 and ended.buffer.rolled_total == 0
+    assert other.buffer.rolled_total == 32 and other.buffer.chunks == 1
+    assert fresh.buffer.chunks == 0 and t.dropped_frames == 16
+
+
+class CheckedTable(CallTable):
+    """Checks every victim against a scan of the table: the rule the ranking must keep."""
+
+    def _victim(self) -> int:
+        slot = super()._victim()
+        held = [c for c in self._slots if c is not None and c.buffer.chunks >= 2]
+        if not held:
+            assert slot == NIL
+            return slot
+        victim = self._slots[slot]
+        assert victim is not None
+        assert victim_key(victim) == max(victim_key(c) for c in held)
+        return slot
+
+
+def victim_key(call: Call) -> tuple[bool, int]:
+    # The audio a call's chunks span, in chunks of the widest line (32 frames here).
+    return not call.kept, call.buffer.chunks * call.buffer.chunk_frames // 32
+
+
+def test_chunks_are_conserved_and_victims_follow_the_rule_under_random_traffic() -> None:
+    rng = random.Random(20240611)
+    lines = [
+        {"name": "a", "channels": [1, 2]},
+        {"name": "b", "channels": [3]},
+        {"name": "c", "channels": [4]},
+        {"name": "d", "channels": [2, 4]},
+    ]
+    config = make_config(lines=lines, buffer={"max_call_seconds": 0.04})
+    pool = Pool(memory_mb=1, chunk_samples=CHUNK)
+    pool._free = pool._free[-20:]
+    t = CheckedTable(config, pool, draw=lambda: rng.random() < 0.1)
+    ended: list[Call] = []
+    for _ in range(5000):
+        step(t, rng, ended)
+        held = sum(c.buffer.chunks for c in ended)
+        held += sum(c.buffer.chunks for line in lines if (c := t.live_call(str(line["name"]))))
+        assert pool.free + held == 20
+    assert t.pool_steals > 500
+
+
+def step(t: CallTable, rng: random.Random, ended: list[Call]) -> None:
+    """One random thing that happens on a call floor."""
+    line = rng.choice("abcd")
+    live = t.live_call(line) is not None
+    roll = rng.random()
+    if roll < 0.6:
+        t.feed("default", block(frames=rng.choice([1, 16, 40])), False)
+    elif roll < 0.65:
+        t.fill_silence("default", rng.randrange(1, 60))
+    elif roll < 0.75 and not live:
+        t.start(line, None, None)
+    elif roll < 0.8 and live:
+        t.mark(line, "escalation", None)
+    elif roll < 0.9 and live:
+        ended.append(t.end(line))
+    elif ended:
+        t.release(ended.pop(rng.randrange(len(ended))))
+
+
+def test_status_rows_are_built_outside_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    t = table()
+    t.start("a", None, None)
+    t.mark("a", "escalation", None)
+    t.feed("default", block(), True)
+    t.fill_silence("default", 8)
+    built: list[bool] = []
+
+    def row(*fields: Any) -> LineStatus:
+        built.append(t.lock.locked())
+        return LineStatus(*fields)
+
+    monkeypatch.setattr(calls, "LineStatus", row)
+    a, b = t.status()
+    assert built == [False, False]
+    assert (a.seconds, a.marked, a.status_flags) == (round(24 / 16000, 3), True, 1)
+    assert a.lost_seconds == round(8 / 16000, 3)
+    assert b.call_id is None and b.seconds == 0.0

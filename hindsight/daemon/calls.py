@@ -3,12 +3,18 @@
 Rules:
 
 - The table is the only state that the audio thread, the control loop and the
-  committer share. Its lock is held for a few microseconds at a time and never
+  keeper share. Its lock is held for a few microseconds at a time and never
   across I/O; nothing in this module does I/O.
 - ``feed`` runs on the audio thread. It copies a device's block into the live
   calls of that device's lines and drops the audio of idle lines at once.
 - The sampling draw happens at ``start`` from ``secrets``. Its result lives in
   ``Call.sampled`` and is never part of any reply.
+- A dry pool takes a chunk from the longest live call, unkept calls before kept
+  ones. "Longest" is read from a ranking by the audio a call's chunks can span,
+  moved only when a call gains or loses a chunk, so choosing costs O(1) and
+  never a scan of the table.
+- ``status`` copies a few scalars per line under the lock and builds its rows
+  after letting go, so neither audio thread waits on the formatting.
 """
 
 from __future__ import annotations
@@ -107,6 +113,65 @@ def new_call_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
+NIL = -1  # no slot; also "not ranked"
+
+# What ``status`` copies under the lock for a live line:
+# call id, total frames, marked, status flags, gap frames, sample rate.
+LineSnapshot = tuple[str, int, bool, int, int, int]
+
+
+class Ranking:
+    """Slots in buckets by a small integer rank: the highest in amortised O(1), no allocation.
+
+    Each bucket is a doubly linked list threaded through per-slot arrays made
+    once, oldest arrival first. ``highest`` walks down from the highest rank
+    reached so far; every step down was paid for by a step up in ``place``.
+    """
+
+    def __init__(self, slots: int, ranks: int) -> None:
+        self._rank = [NIL] * slots
+        self._prev = [NIL] * slots
+        self._next = [NIL] * slots
+        self._head = [NIL] * ranks
+        self._tail = [NIL] * ranks
+        self._top = 0
+
+    def place(self, slot: int, rank: int) -> None:
+        """Put ``slot`` at ``rank`` as its newest arrival."""
+        self.remove(slot)
+        tail = self._tail[rank]
+        self._prev[slot], self._next[slot] = tail, NIL
+        if tail == NIL:
+            self._head[rank] = slot
+        else:
+            self._next[tail] = slot
+        self._tail[rank] = slot
+        self._rank[slot] = rank
+        if rank > self._top:
+            self._top = rank
+
+    def remove(self, slot: int) -> None:
+        rank = self._rank[slot]
+        if rank == NIL:
+            return
+        prev, after = self._prev[slot], self._next[slot]
+        if prev == NIL:
+            self._head[rank] = after
+        else:
+            self._next[prev] = after
+        if after == NIL:
+            self._tail[rank] = prev
+        else:
+            self._prev[after] = prev
+        self._rank[slot] = NIL
+
+    def highest(self) -> int:
+        """The slot that reached the highest occupied rank first, or NIL."""
+        while self._top > 0 and self._head[self._top] == NIL:
+            self._top -= 1
+        return self._head[self._top]
+
+
 class CallTable:
     def __init__(
         self,
@@ -138,6 +203,19 @@ class CallTable:
         self._silence: Int16Array = np.zeros((config.audio.blocksize, widest), dtype=np.int16)
         self.pool_steals = 0  # chunks taken from live calls because the pool ran dry
         self.dropped_frames = 0  # frames no chunk at all could hold
+        self._init_ranking(min(len(line.channels) for line in config.lines), widest)
+
+    def _init_ranking(self, narrowest: int, widest: int) -> None:
+        """Rankings of the calls a dry pool may take from (see ``_rank``)."""
+        # Ranks count the audio a call's chunks span in chunks of the widest line,
+        # so that calls of any width compare. No call outgrows the pool or its
+        # own limit (a chunk more than max_frames needs, plus a partial one).
+        self._unit = self.pool.chunk_samples // widest
+        span = self.pool.chunk_samples // narrowest
+        self._top_rank = min(self.pool.size * span, self._max_frames + 2 * span) // self._unit
+        self._unkept = Ranking(len(self._slots), self._top_rank + 1)
+        self._kept = Ranking(len(self._slots), self._top_rank + 1)
+        self._ranked_chunks = [0] * len(self._slots)  # each slot's chunks when last ranked
 
     # -- control loop -------------------------------------------------------
 
@@ -160,6 +238,7 @@ class CallTable:
             if call is None:
                 raise ProtocolError("no_call", f"line {line} has no live call")
             self._slots[slot] = None
+            self._unrank(slot)  # an ended call's chunks are the worker's now, never a victim's
         call.state = CallState.ENDED
         call.ended = utcnow()
         return call
@@ -171,7 +250,11 @@ class CallTable:
             call = self._slots[slot]
             if call is None:
                 raise ProtocolError("no_call", f"line {line} has no live call")
+            was_kept = call.kept
             call.marks.append(MarkEvent(purpose, utcnow(), note))
+            if not was_kept:
+                self._unrank(slot)
+                self._rank(slot, call)
         return call
 
     def end_all(self) -> list[Call]:
@@ -182,21 +265,44 @@ class CallTable:
 
     def status(self) -> list[LineStatus]:
         with self.lock:
-            return [self._line_status(line, self._slots[i]) for i, line in enumerate(self._lines)]
+            # Scalars only: both audio threads wait while this lock is held.
+            seen = [
+                None
+                if c is None
+                else (
+                    c.call_id,
+                    c.buffer.total_frames,
+                    bool(c.marks),
+                    c.status_flags,
+                    c.gap_frames,
+                    c.samplerate,
+                )
+                for c in self._slots
+            ]
+        return [self._line_status(line, s) for line, s in zip(self._lines, seen, strict=True)]
 
-    def release(self, call: Call) -> None:
-        """Zero an ended call's audio and return its chunks to the pool.
-
-        The zeroing runs outside the lock, chunk by chunk: an hour of audio
-        takes tens of milliseconds to zero, which must stall neither the audio
-        thread nor a reply (whose timing would tell a wiped call from a kept one).
-        """
+    def detach(self, call: Call) -> list[int]:
+        """Take an ended call's chunks off it, audio still in them, for the worker to zero."""
         with self.lock:
-            indices = call.buffer.detach()
-        for index in indices:
-            self.pool.zero(index)
+            return call.buffer.detach()
+
+    def give_back(self, indices: list[int]) -> None:
+        """Return chunks that were zeroed (by the worker) to the pool."""
         with self.lock:
             self.pool.give_back(indices)
+
+    def zero_and_give_back(self, indices: list[int]) -> None:
+        """Zero chunks here and return them: for when no worker can (shutdown, a refused start).
+
+        The zeroing runs outside the lock, chunk by chunk, so it never stalls the audio thread.
+        """
+        for index in indices:
+            self.pool.zero(index)
+        self.give_back(indices)
+
+    def release(self, call: Call) -> None:
+        """Zero an ended call's audio here and return its chunks to the pool."""
+        self.zero_and_give_back(self.detach(call))
 
     def _slot(self, line: str) -> int:
         slot = self._slot_of.get(line)
@@ -215,19 +321,13 @@ class CallTable:
         rate = self.config.audio.samplerate
         return Call(call_id, line, agent, utcnow(), self._draw(), buffer, rate)
 
-    def _line_status(self, line: LineConfig, call: Call | None) -> LineStatus:
-        if call is None:
+    @staticmethod
+    def _line_status(line: LineConfig, seen: LineSnapshot | None) -> LineStatus:
+        if seen is None:
             return LineStatus(line.name, line.device, None, 0.0, False, 0, 0.0)
-        rate = call.samplerate
-        return LineStatus(
-            line.name,
-            line.device,
-            call.call_id,
-            round(call.seconds(), 3),
-            call.marked,
-            call.status_flags,
-            round(call.gap_frames / rate, 3),
-        )
+        call_id, frames, marked, flags, gap_frames, rate = seen
+        seconds, lost = round(frames / rate, 3), round(gap_frames / rate, 3)
+        return LineStatus(line.name, line.device, call_id, seconds, marked, flags, lost)
 
     # -- audio thread -------------------------------------------------------
 
@@ -237,7 +337,7 @@ class CallTable:
             for route in self._routes[device]:
                 call = self._slots[route.slot]
                 if call is not None:
-                    self._append(call, block, route.columns)
+                    self._append(route.slot, call, block, route.columns)
                     call.status_flags += flagged
 
     def fill_silence(self, device: str, frames: int) -> None:
@@ -247,7 +347,7 @@ class CallTable:
                 call = self._slots[route.slot]
                 if call is not None:
                     self._note_gap(call, frames)
-                    self._append_silence(call, frames)
+                    self._append_silence(route.slot, call, frames)
 
     @staticmethod
     def _note_gap(call: Call, frames: int) -> None:
@@ -259,36 +359,75 @@ class CallTable:
             call.gaps.append([at, frames])
         call.gap_frames += frames
 
-    def _append(self, call: Call, block: Int16Array, columns: slice | tuple[int, ...]) -> None:
+    def _append(
+        self, slot: int, call: Call, block: Int16Array, columns: slice | tuple[int, ...]
+    ) -> None:
         written = call.buffer.write(block, columns)
         while written < len(block):
-            if not self._relieve(call):
+            if not self._relieve(slot, call):
                 self.dropped_frames += len(block) - written
                 call.buffer.skip(len(block) - written)
-                return
+                break
             written += call.buffer.write(block[written:], columns)
+        if call.buffer.chunks != self._ranked_chunks[slot]:
+            self._rank(slot, call)  # it took a chunk from the free list
 
-    def _append_silence(self, call: Call, frames: int) -> None:
+    def _append_silence(self, slot: int, call: Call, frames: int) -> None:
         while frames > 0:
             n = min(frames, len(self._silence))
-            self._append(call, self._silence[:n], slice(0, call.buffer.channels))
+            self._append(slot, call, self._silence[:n], slice(0, call.buffer.channels))
             frames -= n
 
-    def _relieve(self, requester: Call) -> bool:
+    def _relieve(self, slot: int, requester: Call) -> bool:
         """The pool is dry: roll the longest live call (unkept first) to free a chunk."""
-        candidates = [c for c in self._slots if c is not None and c.buffer.chunks >= 2]
-        if not candidates:
-            if requester.buffer.chunks:
-                requester.buffer.roll_own()
-                self.pool_steals += 1
-                return True
-            return False
-        victim = max(candidates, key=lambda c: (not c.kept, c.buffer.held_frames))
+        if requester.buffer.chunks != self._ranked_chunks[slot]:
+            self._rank(slot, requester)  # it took chunks from the free list in this block
+        victim_slot = self._victim()
+        if victim_slot == NIL:
+            if not requester.buffer.chunks:
+                return False
+            victim_slot = slot  # the only call holding audio rolls its own
         self.pool_steals += 1
-        if victim is requester:
+        if victim_slot == slot:
             requester.buffer.roll_own()
+            self._rank(slot, requester)  # its newest chunk is empty again: last of its rank
             return True
+        victim = self._slots[victim_slot]
+        assert victim is not None
         index = victim.buffer.surrender_oldest()
         assert index is not None
+        self._rank(victim_slot, victim)
         requester.buffer.adopt(index)
+        self._rank(slot, requester)
         return True
+
+    def _victim(self) -> int:
+        """The slot of the longest live call holding two chunks or more, unkept first; or NIL."""
+        for ranking in (self._unkept, self._kept):
+            slot = ranking.highest()
+            if slot != NIL:
+                return slot
+        return NIL
+
+    def _rank(self, slot: int, call: Call) -> None:
+        """Rank ``call``, last of its rank: when it gains or loses a chunk, or rolls its own.
+
+        The rank is the audio its chunks can span, not ``held_frames`` (which
+        changes on every block): it tells the longest call within one chunk.
+        Among calls of one rank the first to get there goes first: lines are fed
+        alike, so it has written the most into its newest chunk. (A call rolling
+        at ``max_call_seconds`` inside ``CallBuffer.write`` keeps its place.)
+        """
+        chunks = call.buffer.chunks
+        self._ranked_chunks[slot] = chunks
+        ranking = self._kept if call.kept else self._unkept
+        if chunks < 2:
+            ranking.remove(slot)  # a call keeps its last chunk: it rolls its own instead
+            return
+        rank = chunks * call.buffer.chunk_frames // self._unit
+        ranking.place(slot, min(rank, self._top_rank))
+
+    def _unrank(self, slot: int) -> None:
+        self._unkept.remove(slot)
+        self._kept.remove(slot)
+        self._ranked_chunks[slot] = 0
