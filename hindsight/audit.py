@@ -195,6 +195,10 @@ def _no_rule(entry: Mapping[str, Any]) -> None:
     """Events without a call rule (daemon life cycle, future kinds) only need the chain."""
 
 
+# What a recording of each kind begins with.
+MAGIC = {".flac": b"fLaC"}
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -234,7 +238,22 @@ def _check_recording(state_dir: Path, commit: _Commit) -> str | None:
             f"{where}: recording {commit.path} of call {commit.call_id!r} does not match "
             "its logged sha256 (altered or replaced)"
         )
-    return _check_sidecar(state_dir, commit)
+    return _check_format(file, commit) or _check_sidecar(state_dir, commit)
+
+
+def _check_format(file: Path, commit: _Commit) -> str | None:
+    """A recording must be what its name says: a file that hashes right can still be empty."""
+    suffix = PurePosixPath(commit.path).suffix
+    magic = MAGIC.get(suffix)
+    if magic is None:
+        return None
+    with file.open("rb") as handle:
+        if handle.read(len(magic)) == magic:
+            return None
+    return (
+        f"{LOG_NAME} line {commit.seq}: recording {commit.path} of call {commit.call_id!r} "
+        f"is not a {suffix[1:].upper()} file ({file.stat().st_size} bytes)"
+    )
 
 
 def _lingering(state_dir: Path, ledger: _Ledger) -> str | None:

@@ -434,3 +434,27 @@ def test_report_refuses_a_broken_chain(tmp_path: Path) -> None:
 def test_report_on_a_missing_log_raises(tmp_path: Path) -> None:
     with pytest.raises(CommitLogError, match="missing"):
         report(tmp_path)
+
+
+def test_verify_refuses_a_0_byte_flac_that_its_log_line_vouches_for(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    flac = tmp_path / DAY / "c5.flac"
+    flac.write_bytes(b"")
+    digest = hashlib.sha256(b"").hexdigest()
+    sidecar = tmp_path / DAY / "c5.json"
+    sidecar.write_text(
+        sidecar.read_text().replace(json.loads(sidecar.read_text())["sha256"], digest)
+    )
+    log = tmp_path / "commit.log"
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    rebuilt = []
+    prev = GENESIS
+    for entry in entries:
+        if entry.get("call_id") == "c5" and entry["event"] == "call_committed":
+            entry["sha256"] = digest
+        entry["prev"] = prev
+        entry["hash"] = entry_hash(entry)
+        prev = entry["hash"]
+        rebuilt.append(json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
+    log.write_text("\n".join(rebuilt) + "\n")
+    assert_fails(tmp_path, "c5.flac", "is not a FLAC file (0 bytes)")

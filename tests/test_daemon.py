@@ -272,3 +272,23 @@ def test_the_control_socket_may_be_tcp_on_loopback(tmp_path: Path) -> None:
         call_id = d.ok({"op": "start", "line": "desk-01"})["call_id"]
         assert d.ok({"op": "end", "line": "desk-01"})["call_id"] == call_id
         d.wait_for_event("call_wiped")
+
+
+def test_a_kept_call_that_ends_before_its_first_block_leaves_no_empty_file(
+    tmp_path: Path,
+) -> None:
+    lines = [(f"desk-{i}", [1, 2]) for i in range(3)]
+    # One-second blocks: a call started, marked and ended within a few ms has no audio
+    # (unless a block boundary falls just then, which three lines make all but impossible).
+    with Daemon(tmp_path, blocksize=RATE, lines=lines) as d:
+        for name, _ in lines:
+            d.ok({"op": "start", "line": name})
+            d.ok({"op": "mark", "line": name})
+            d.ok({"op": "end", "line": name})
+        d.wait_for_event("call_wiped")
+    no_audio = [e for e in d.events("call_wiped") if e["why"] == "no_audio"]
+    assert no_audio and all(e["reasons"] == ["marked"] and e["seconds"] == 0 for e in no_audio)
+    assert len(d.events("call_wiped")) + len(d.events("call_committed")) == 3
+    for flac in d.state.rglob("*.flac"):
+        assert flac.read_bytes()[:4] == b"fLaC"
+    assert audit.verify(d.state).ok

@@ -262,3 +262,18 @@ def test_killing_the_worker_again_and_again_gives_every_call_one_outcome(tmp_pat
         assert_whole(d, committed, source)
     assert not list(d.state.rglob("*.tmp"))
     assert audit.verify(d.state).ok
+
+
+def test_the_worker_dies_with_the_daemon(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.start()
+    pid = worker_pid(d)
+    d.stop(signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), what="the worker gone")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
