@@ -150,6 +150,7 @@ def test_a_call_through_the_cli(tmp_path: Path) -> None:
         (idle,) = [r for r in rows if r.split()[:1] == ["desk-02"]]
         assert rows[0].split()[0] == "LINE" and given in live and given not in idle
         assert "sampl" not in plain.lower()
+        assert re.search(r"^worker: pid \d+, 0 restart\(s\)$", plain, re.M)
 
         raw = ok(hs(*ep, "status", "--json"))
         assert "sampl" not in raw.lower()
@@ -158,6 +159,7 @@ def test_a_call_through_the_cli(tmp_path: Path) -> None:
         assert live_j["marked"] is True and 0.2 < live_j["seconds"] < 5.0
         assert idle_j["line"] == "desk-02" and idle_j["call_id"] is None
         assert idle_j["marked"] is False and idle_j["seconds"] == 0
+        assert set(json.loads(raw)["worker"]) == {"pid", "restarts"}
 
         assert ok(hs(*ep, "end", "desk-01")).strip() == given
         generated = ok(hs(*ep, "start", "desk-02", "--caller", CALLER)).strip()

@@ -172,7 +172,7 @@ def test_a_call_id_is_never_reused(tmp_path: Path) -> None:
 
 def test_no_reply_tells_whether_a_call_was_sampled(tmp_path: Path) -> None:
     """The same requests against a daemon that samples nothing and one that samples
-    everything get replies that differ only in call ids and captured seconds."""
+    everything get replies that differ only in captured seconds and the worker's pid."""
     runs = []
     for one_in in (0, 1):
         run = tmp_path / str(one_in)
@@ -193,6 +193,7 @@ def test_no_reply_tells_whether_a_call_was_sampled(tmp_path: Path) -> None:
         for reply in replies[1], replies[4]:
             for line in reply["lines"]:
                 line["seconds"] = None
+            assert isinstance(reply["worker"].pop("pid"), int)  # each daemon has its own
     assert runs[0] == runs[1]
     assert "sampl" not in json.dumps(runs)
 

@@ -249,3 +249,46 @@ def test_a_silent_worker_is_taken_for_hung_and_replaced(
     keeper.finish()
     assert keeper.wait(10)
     assert ("call_wiped", "not_kept") in events(commit_log)
+
+
+class GatedStore(Store):
+    """Its first write waits for ``gate``: the worker is busy with a long recording."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.gate = threading.Event()
+        self.writes = 0
+
+    def keep(self, keep: Keep, views: Iterable[Int16Array]) -> Committed:
+        self.writes += 1
+        if self.writes == 1:
+            assert self.gate.wait(10)
+        return super().keep(keep, views)
+
+
+def test_wipes_waiting_for_the_worker_go_before_recordings(
+    config: Config, commit_log: CommitLog
+) -> None:
+    store = GatedStore(config.daemon.state_dir)
+    keeper, table, _ = keeper_for(config, commit_log, store)
+    first = live_call(table, commit_log, "a", keep=True)
+    keeper.submit(first)
+    wait_for(lambda: store.writes == 1)
+    second = live_call(table, commit_log, "a", keep=True)
+    wiped = live_call(table, commit_log, "b", keep=False)
+    keeper.submit(second)
+    keeper.submit(wiped)
+    time.sleep(0.1)
+    store.gate.set()
+    keeper.finish()
+    assert keeper.wait(10)
+    order = [
+        (e["event"], e["call_id"])
+        for e in read_entries(commit_log.path)
+        if e["event"] in ("call_committed", "call_wiped")
+    ]
+    assert order == [
+        ("call_committed", first.call_id),
+        ("call_wiped", wiped.call_id),
+        ("call_committed", second.call_id),
+    ]

@@ -277,3 +277,22 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_a_worker_that_cannot_start_stops_the_daemon_with_a_clear_message(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    # Python runs sitecustomize in every interpreter: this one breaks only the worker's.
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nif 'hindsight.daemon.worker' in sys.orig_argv:\n    os._exit(3)\n"
+    )
+    env = {"PYTHONPATH": str(site)}
+    d = Daemon(tmp_path, env=env, extra="[worker]\nhang_seconds = 2\n")
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(30) == 1
+    assert "the worker process did not start within 2 s" in d.stderr()
+    assert "exit code 3" in d.stderr()
+    assert "Traceback" not in d.stderr()
+    assert not [e for e in d.entries() if e["event"] == "daemon_started"]

@@ -86,6 +86,10 @@ def render_status(reply: dict[str, Any]) -> str:
         text += "\n\n" + _table(
             [("DEVICE", "STATE")] + [(d["device"], d["state"]) for d in devices]
         )
+    worker = reply.get("worker")
+    if worker:
+        pid = worker["pid"] if worker["pid"] is not None else "restarting"
+        text += f"\n\nworker: pid {pid}, {worker['restarts']} restart(s)"
     return text
 
 

@@ -13,7 +13,7 @@ worker at idle priority, so neither a reply nor the audio path waits on it.
   back. Not kept: zeroed, chunks back, ``call_wiped`` logged. A kept call
   that ended before its first block has no audio to write: it is wiped with
   ``why: "no_audio"`` and its ``reasons``.
-- The worker holds one job at a time. A step that fails (a full disk) is
+- The worker holds one job at a time, wipes before writes. A step that fails (a full disk) is
   retried with a backoff while other calls go on being settled; the call
   stays in memory until it is on disk. A failed log append is retried the
   same way, without the worker.
@@ -146,8 +146,13 @@ class Job:
     logged: bool = False
     due: float = 0.0
 
+    @property
+    def writes(self) -> bool:
+        """Whether the worker has a recording to write for it (not only chunks to zero)."""
+        return self.keep is not None and self.fields is None
+
     def message(self) -> dict[str, Any]:
-        keep = self.keep if self.fields is None else None
+        keep = self.keep if self.writes else None
         return {
             "kind": "settle",
             "job": self.number,
@@ -206,6 +211,7 @@ class Keeper:
         self._restart = _Restart()
         self._generation = 0
         self._numbers = 0
+        self._ready = threading.Event()  # a worker has spoken: it runs and has mapped the pool
         self._thread = threading.Thread(target=self._run, name="keeper", daemon=True)
 
     # -- called from other threads ------------------------------------------
@@ -220,6 +226,10 @@ class Keeper:
     def finish(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Settle every call handed in so far, retrying for at most ``grace`` seconds, then stop."""
         self._events.put(("stop", 0, time.monotonic() + grace))
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once the first worker has said it is alive: start-up waits for this."""
+        return self._ready.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once ``finish`` has settled every call."""
@@ -325,12 +335,19 @@ class Keeper:
         link = self._link
         if link is None or link.busy is not None or not self._state.ready:
             return
-        job = self._state.ready.popleft()
+        job = self._next_job()
         link.busy = job
         try:
             jobs.send(link.handle.sock, job.message())
         except jobs.ChannelClosed as exc:
             self._lost_worker(str(exc))
+
+    def _next_job(self) -> Job:
+        """Wipes first: an unkept call's audio should not wait behind a long recording."""
+        ready = self._state.ready
+        job = next((job for job in ready if not job.writes), ready[0])
+        ready.remove(job)
+        return job
 
     def _check_hang(self, now: float) -> None:
         link = self._link
@@ -375,6 +392,7 @@ class Keeper:
 
     def _on_message(self, link: _Link, message: dict[str, Any]) -> None:
         link.heard = time.monotonic()
+        self._ready.set()
         step = message.get("step")
         job = link.busy
         if step == "alive" or job is None or message.get("job") != job.number:

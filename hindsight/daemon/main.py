@@ -48,6 +48,7 @@ from hindsight.errors import ConfigError, HindsightError
 log = logging.getLogger("hindsight.daemon")
 
 TICK_MS = 250
+WORKER_START_SECONDS = 20.0
 COMMIT_LOG = "commit.log"
 
 
@@ -121,6 +122,12 @@ class Daemon:
                 functools.partial(table.fill_silence, source.name),
             )
         keeper.start()
+        limit = min(WORKER_START_SECONDS, self.config.worker.hang_seconds)
+        if not keeper.wait_ready(limit):
+            raise HindsightError(
+                f"the worker process did not start within {limit:g} s "
+                "(its messages, if any, are above)"
+            )
         commit_log.append("daemon_started", version=__version__)
         settle_open_calls(commit_log, self.config.daemon.state_dir)
         log.info(

@@ -59,6 +59,7 @@ class Worker:
 
     def run(self) -> None:
         try:
+            self._alive()  # at once: the daemon waits for this before it says it is ready
             while True:
                 if not select.select([self.sock], [], [], HEARTBEAT)[0]:
                     self._alive()
