@@ -253,8 +253,12 @@ class Keeper:
     def _run(self) -> None:
         try:
             while not self._done():
-                self._next_event()
-                self._tick(time.monotonic())
+                try:
+                    self._next_event()
+                    self._tick(time.monotonic())
+                except Exception:  # a bug must not stop every later call from settling
+                    log.exception("keeper: unexpected error; carrying on")
+                    time.sleep(TICK)
         finally:
             self._close_link()
 

@@ -32,7 +32,7 @@ import zmq
 from hindsight import __version__
 from hindsight.commitlog import CommitLog
 from hindsight.config import Config, load_config, resolve_config_path
-from hindsight.daemon import systemd
+from hindsight.daemon import logs, systemd
 from hindsight.daemon.buffer import CHUNK_SAMPLES, Pool, chunk_count
 from hindsight.daemon.calls import CallTable
 from hindsight.daemon.harden import harden_process
@@ -253,11 +253,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.verbose)
     if args.list_devices:
         return _list_devices()
     path = resolve_config_path(args.config)

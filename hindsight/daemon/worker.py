@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hindsight.daemon import jobs
+from hindsight.daemon import jobs, logs
 from hindsight.daemon.buffer import Int16Array, chunk_frames
 from hindsight.daemon.harden import die_with_parent, harden_process, lower_priority
 from hindsight.daemon.memory import PoolMemory
@@ -128,11 +128,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.verbose)
     die_with_parent(args.parent)
     harden_process()
     priority = lower_priority()
