@@ -97,7 +97,16 @@ class Span:
 class Daemon:
     """One ``hindsightd`` subprocess; ``with Daemon(...) as d:`` starts and stops it."""
 
-    def __init__(self, tmp: Path, env: dict[str, str] | None = None, **over: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        env: dict[str, str] | None = None,
+        wrap: tuple[str, ...] = (),
+        **over: Any,
+    ) -> None:
+        """``wrap`` goes before the command, e.g. to run it in namespaces of its own; it must
+        exec the daemon (not fork it), so that ``proc`` is the daemon itself."""
+        self.wrap = wrap
         self.tmp = tmp
         self.config = tmp / "hindsight.toml"
         self.config.write_text(config_text(tmp, **over))
@@ -126,7 +135,7 @@ class Daemon:
     def start(self, wait: bool = True) -> None:
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                [str(BIN / "hindsightd"), "--config", str(self.config)],
+                [*self.wrap, str(BIN / "hindsightd"), "--config", str(self.config)],
                 stderr=err,
                 stdin=subprocess.DEVNULL,
                 env=self.env,

@@ -12,6 +12,7 @@ import pytest
 from hindsight.daemon.host import make_state_dir, memory_problems, state_dir_problems
 from hindsight.errors import ConfigError
 from tests.harness import BIN, config_text
+from tests.pulse import unavailable
 
 MIB = 1024 * 1024
 MAX_POOL_MB = 1048576  # the schema's maximum: 1 TiB, more than any test machine has
@@ -200,7 +201,9 @@ def test_a_state_dir_on_a_read_only_mount_stops_the_daemon(tmp_path: Path) -> No
     mount = f"mount -t tmpfs -o ro hindsight-test {read_only}"
     unshare = ("unshare", "--user", "--map-root-user", "--mount")
     if not unshare_works(*unshare[1:], "sh", "-c", mount):
-        pytest.skip("cannot mount a read-only tmpfs in a private namespace here")
+        unavailable(
+            "cannot mount a read-only tmpfs in a private namespace here (util-linux unshare)"
+        )
     config = write_config(tmp_path, "ro/state")
 
     started = hindsightd(config, wrap=(*unshare, "sh", "-c", f'{mount} && exec "$@"', "sh"))
@@ -220,7 +223,7 @@ def test_a_state_dir_in_a_folder_without_write_permission_stops_the_daemon(
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     if not unshare_works("--user", "true"):
-        pytest.skip("cannot enter a user namespace here")
+        unavailable("cannot enter a user namespace here (util-linux unshare)")
     config = write_config(tmp_path, "locked/state")
 
     started = hindsightd(config, wrap=("unshare", "--user"))

@@ -296,3 +296,58 @@ def test_a_worker_that_cannot_start_stops_the_daemon_with_a_clear_message(
     assert "exit code 3" in d.stderr()
     assert "Traceback" not in d.stderr()
     assert not [e for e in d.entries() if e["event"] == "daemon_started"]
+
+
+def test_a_full_disk_holds_a_kept_call_in_memory_until_there_is_room(tmp_path: Path) -> None:
+    """The state dir on a 200 KiB tmpfs in a mount namespace of the daemon's own: the second
+    recording does not fit, is retried while an unkept call is wiped, and lands once the
+    file system grows."""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        unavailable("unshare/nsenter not found (util-linux)")
+    state = tmp_path / "state"
+    state.mkdir()
+    mount = f"mount -t tmpfs -o size=200k hindsight-full {state}"
+    wrap = ("unshare", "--user", "--map-root-user", "--mount", "sh", "-c", f'{mount} && exec "$@"')
+    source = noise_wav(tmp_path / "in.wav", seconds=3.0)  # noise: FLAC cannot shrink it
+    lines = [("desk-01", [1, 2]), ("desk-02", [1, 2])]
+    with Daemon(
+        tmp_path, wrap=(*wrap, "sh"), source="file", file=str(tmp_path / "in.wav"), lines=lines
+    ) as d:
+        assert d.proc is not None
+        d.state = Path(f"/proc/{d.proc.pid}/root{state}")  # the tmpfs, seen from outside
+        for name in ("desk-01", "desk-02"):
+            d.ok({"op": "start", "line": name})
+        time.sleep(2.0)
+        d.ok({"op": "mark", "line": "desk-01"})
+        d.ok({"op": "end", "line": "desk-01"})
+        d.wait_for_event("call_committed")  # 2 s of stereo noise, ~130 KiB: it fits
+        d.ok({"op": "start", "line": "desk-01"})
+        time.sleep(2.0)
+        d.ok({"op": "mark", "line": "desk-01"})
+        d.ok({"op": "end", "line": "desk-01"})  # this one does not
+        wait_until(lambda: "No space left on device" in d.stderr(), what="a full disk")
+        d.ok({"op": "end", "line": "desk-02"})
+        d.wait_for_event("call_wiped")  # the wipe does not wait behind the stuck recording
+        assert len(d.events("call_committed")) == 1
+        grow = [
+            "nsenter",
+            "-t",
+            str(d.proc.pid),
+            "-U",
+            "-m",
+            "--preserve-credentials",
+            "mount",
+            "-o",
+            "remount,size=4m",
+            str(state),
+        ]
+        subprocess.run(grow, check=True, timeout=10)
+        d.wait_for_event("call_committed", count=2, timeout=20)
+        for committed in d.events("call_committed"):
+            assert_whole(d, committed, source)
+        assert not list(d.state.rglob("*.tmp"))
+        assert list(outcomes(d).values()) == [
+            ["call_committed"],
+            ["call_wiped"],
+            ["call_committed"],
+        ]

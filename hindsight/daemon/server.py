@@ -13,6 +13,31 @@ Rules:
   the path only while it is still its own socket.
 - ``serve_pending`` answers a bounded batch, so that a flood of requests
   cannot keep the loop from noticing SIGTERM.
+- Replies a client leaves unread cost bounded memory, per client and in all.
+  ZeroMQ's own cap (SNDHWM) counts messages of one client, but a status reply
+  runs to ~150 KB on 1,024 lines and clients are many; so a ledger counts, in
+  bytes, the replies ZeroMQ may still hold, and refuses a reply once its
+  client holds PER_CLIENT or all clients together hold TOTAL. A client that
+  reads has its replies moved out to its own socket within microseconds and
+  never nears either: only one whose socket and kernel buffers are full is
+  charged for long.
+- Only pyzmq's MessageTracker tells when ZeroMQ has let go of a reply, and a
+  tracked (zero-copy) send costs ~25 us, a quarter of a ping's round trip.
+  So one reply per SEGMENT bytes sent to a client is tracked, the others are
+  copied as before; replies to one client are let go of in order, so a done
+  tracker confirms everything sent to it before. Until then a client's replies
+  count as held, which errs on the side of memory.
+- A client with fewer than FREE_SEGMENTS tracked replies outstanding is never
+  refused, not even when the total is spent: a REQ client, or one asking for
+  the first time, gets through while others hog the total. The worst case is
+  thus TOTAL plus about two segments and two replies per connection, the same
+  order as what ZeroMQ spends on every connection anyway.
+- A client with nothing tracked outstanding is forgotten FORGET_AFTER seconds
+  after its last reply, so that clients that left do not fill the ledger; what
+  is forgotten of one that stayed is less than a segment. The ledger looks
+  over all its clients at most every SWEEP_EVERY seconds, not per request.
+- A refused reply is logged once per client, not once per reply; whom the
+  server has warned is remembered for the last WARNED_MEMORY clients only.
 """
 
 from __future__ import annotations
@@ -20,9 +45,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import zmq
 
@@ -36,8 +65,117 @@ Handler = Callable[[bytes], bytes]
 # up to here the daemon still reads them and answers bad_request.
 HARD_LIMIT = 16 * 1024 * 1024
 BATCH = 64  # requests answered per call of serve_pending
-SEND_HWM = 100_000  # replies queued for a client that does not read yet
+PER_CLIENT = 4 << 20  # bytes of unread replies one client may leave with the daemon
+TOTAL = 6 << 20  # ... and all clients together: a second hog gets half a share
+SEGMENT = 16 << 10  # bytes sent to a client per tracked reply
+FREE_SEGMENTS = 2
+FORGET_AFTER = 10.0  # seconds
+SWEEP_EVERY = 0.1  # seconds
+# What a queued reply costs beside its payload, measured as VmRSS growth:
+# ZeroMQ's three frames; a tracked one adds pyzmq's frame, tracker and event.
+REPLY_OVERHEAD = 256
+TRACKER_OVERHEAD = 2048
+# ZeroMQ's own cap, in messages: as many as PER_CLIENT bytes can hold, so
+# that the ledger decides and ZeroMQ only backs it up.
+SEND_HWM = PER_CLIENT // REPLY_OVERHEAD
+WARNED_MEMORY = 256
 PROBE_TIMEOUT_MS = 2000  # a busy daemon still answers a ping well within this
+
+
+class Tracker(Protocol):
+    """What the ledger needs of a ``zmq.MessageTracker``."""
+
+    @property
+    def done(self) -> bool: ...
+
+
+@dataclass
+class _Client:
+    tracked: deque[tuple[Tracker, int]] = field(default_factory=deque)  # (tracker, bytes)
+    untracked: int = 0  # bytes sent since the last tracked reply
+    held: int = 0  # bytes not yet confirmed let go of, tracked or not
+    last: float = 0.0  # time.monotonic() of the last reply
+
+
+class ReplyLedger:
+    """Bytes of replies that ZeroMQ may still hold, per client and in all."""
+
+    def __init__(self, per_client: int = PER_CLIENT, total: int = TOTAL) -> None:
+        self.per_client = per_client
+        self.budget = total
+        self.total = 0
+        self._clients: dict[bytes, _Client] = {}
+        self._next_sweep = 0.0
+
+    def refusal(self, peer: bytes, size: int) -> str | None:
+        """Why a reply of ``size`` bytes may not be queued for ``peer`` now; None if it may."""
+        client = self._clients.get(peer)
+        if client is None or self._retire(client) < FREE_SEGMENTS:
+            return None
+        cost = size + REPLY_OVERHEAD
+        if client.held + cost > self.per_client:
+            return f"it holds {client.held >> 10} KiB of unread replies"
+        if self.total + cost > self.budget:
+            return f"clients that do not read hold {self.total >> 10} KiB of replies in all"
+        return None
+
+    def wants_tracker(self, peer: bytes, size: int) -> bool:
+        """Whether the reply of ``size`` bytes about to go to ``peer`` closes a segment."""
+        client = self._clients.get(peer)
+        untracked = client.untracked if client is not None else 0
+        return untracked + size + REPLY_OVERHEAD >= SEGMENT
+
+    def sent(self, peer: bytes, size: int, tracker: Tracker | None) -> None:
+        client = self._clients.setdefault(peer, _Client())
+        cost = size + REPLY_OVERHEAD
+        if tracker is None:
+            client.untracked += cost
+        else:
+            cost += TRACKER_OVERHEAD
+            client.tracked.append((tracker, client.untracked + cost))
+            client.untracked = 0
+        client.held += cost
+        client.last = time.monotonic()
+        self.total += cost
+
+    def sweep(self, now: float) -> None:
+        """Confirm what ZeroMQ let go of; forget clients idle since ``now - FORGET_AFTER``."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_EVERY
+        for peer, client in list(self._clients.items()):
+            if self._retire(client) == 0 and client.last < now - FORGET_AFTER:
+                self.total -= client.held
+                del self._clients[peer]
+
+    def clients(self) -> int:
+        return len(self._clients)
+
+    def _retire(self, client: _Client) -> int:
+        """Drop the tracked replies ZeroMQ let go of; return how many are still held."""
+        tracked = client.tracked
+        while tracked and tracked[0][0].done:
+            _, confirmed = tracked.popleft()
+            client.held -= confirmed
+            self.total -= confirmed
+        return len(tracked)
+
+
+class RecentSet:
+    """The last ``size`` keys added: a bounded memory of whom a warning was given."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
+
+    def add(self, key: bytes) -> bool:
+        """Remember ``key``; False if it was remembered already."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._size:
+            self._keys.popitem(last=False)
+        return True
 
 
 class ControlServer:
@@ -51,6 +189,8 @@ class ControlServer:
         self.socket.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._ledger = ReplyLedger()
+        self._warned = RecentSet(WARNED_MEMORY)
         try:
             with _socket_umask(self._path):
                 self.socket.bind(endpoint)
@@ -61,6 +201,7 @@ class ControlServer:
 
     def serve_pending(self, handle: Handler) -> None:
         """Answer up to ``BATCH`` requests waiting on the socket, without blocking."""
+        self._ledger.sweep(time.monotonic())
         for _ in range(BATCH):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
@@ -78,10 +219,35 @@ class ControlServer:
             reply = error_reply("bad_request", "a request is exactly one frame of JSON")
         else:
             reply = _safely(handle, rest[0])
+        self._send(envelope, reply)
+
+    def _send(self, envelope: list[bytes], reply: bytes) -> None:
+        peer = envelope[0]
+        why = self._ledger.refusal(peer, len(reply))
+        if why is not None:
+            self._dropped(peer, why)
+            return
+        frame = None
+        if self._ledger.wants_tracker(peer, len(reply)):
+            frame = zmq.Frame(reply, copy=False, track=True)
         try:
-            self.socket.send_multipart([*envelope, reply], zmq.NOBLOCK)
+            self.socket.send_multipart([*envelope, reply if frame is None else frame], zmq.NOBLOCK)
+        except zmq.Again:
+            self._dropped(peer, f"its queue of {SEND_HWM} replies is full")
+            return
         except zmq.ZMQError as exc:
-            log.warning("could not send a reply (client gone or not reading): %s", exc)
+            self._dropped(peer, str(exc))
+            return
+        self._ledger.sent(peer, len(reply), frame.tracker if frame is not None else None)
+
+    def _dropped(self, peer: bytes, why: str) -> None:
+        if self._warned.add(peer):
+            log.warning(
+                "client %s is not reading its replies or has gone (%s); dropping replies to it "
+                "without further warnings",
+                peer.hex(),
+                why,
+            )
 
     def close(self) -> None:
         self.socket.close(linger=0)
