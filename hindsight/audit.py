@@ -199,11 +199,14 @@ def _no_rule(entry: Mapping[str, Any]) -> None:
 MAGIC = {".flac": b"fLaC"}
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, tick: Callable[[], None] | None = None) -> str:
+    """Hex SHA-256 of the file's bytes; ``tick``, if given, is called after every block."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while block := handle.read(HASH_BLOCK):
             digest.update(block)
+            if tick is not None:
+                tick()
     return digest.hexdigest()
 
 

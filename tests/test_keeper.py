@@ -16,6 +16,7 @@ import pytest
 from hindsight import audit
 from hindsight.commitlog import CommitLog, read_entries
 from hindsight.config import Config, parse_config
+from hindsight.daemon import store as store_module
 from hindsight.daemon.buffer import Int16Array, Pool
 from hindsight.daemon.calls import Call, CallTable
 from hindsight.daemon.keeper import Keeper, WorkerHandle
@@ -109,8 +110,9 @@ def live_call(table: CallTable, log: CommitLog, line: str, keep: bool, blocks: i
     if keep:
         log.append("call_marked", call_id=call.call_id, line=line, purpose="escalation")
         table.mark(line, "escalation", None)
-    for _ in range(blocks):
-        table.feed("default", np.full((160, 2), 7, dtype=np.int16), False)
+    rng = np.random.default_rng(blocks)
+    for _ in range(blocks):  # noise: FLAC cannot shrink it, so a recording's size is known
+        table.feed("default", rng.integers(-9000, 9000, (160, 2), dtype=np.int16), False)
     return table.end(line)
 
 
@@ -292,3 +294,26 @@ def test_wipes_waiting_for_the_worker_go_before_recordings(
         ("call_wiped", wiped.call_id),
         ("call_committed", second.call_id),
     ]
+
+
+def test_a_worker_writing_a_long_recording_slowly_is_not_taken_for_hung(
+    config: Config, commit_log: CommitLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = store_module.Sink.write
+
+    def slow_disk(self: store_module.Sink, data: bytes) -> None:
+        time.sleep(0.05)
+        real_write(self, data)
+
+    monkeypatch.setattr(store_module, "COPY_BLOCK", 1024)
+    monkeypatch.setattr(store_module.Sink, "write", slow_disk)
+    store = Store(config.daemon.state_dir)
+    keeper, table, _ = keeper_for(config, commit_log, store, hang_seconds=1.5)
+    # 400 blocks of mono noise: ~128 KB of FLAC, written at 1 KiB per 50 ms: ~6 s.
+    keeper.submit(live_call(table, commit_log, "a", keep=True, blocks=400))
+    keeper.finish()
+    started = time.monotonic()
+    assert keeper.wait(30)
+    assert time.monotonic() - started > 3.0, "the write took longer than hang_seconds, twice"
+    assert keeper.restarts == 0
+    assert outcomes(commit_log) == ["call_committed"]

@@ -94,7 +94,7 @@ def test_a_sidecar_that_fails_takes_its_recording_back(
 ) -> None:
     real = store_module.write_durably
 
-    def no_json(final: Path, data: bytes) -> tuple[Path, str]:
+    def no_json(final: Path, data: bytes, tick: Any = None) -> tuple[Path, str]:
         if final.suffix == ".json":
             raise OSError(28, "No space left on device")
         return real(final, data)

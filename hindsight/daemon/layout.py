@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,16 @@ COMMITTED_FIELDS = (
 )
 
 
-def landed(state_dir: Path, call_id: str) -> dict[str, Any] | None:
+def landed(
+    state_dir: Path, call_id: str, tick: Callable[[], None] | None = None
+) -> dict[str, Any] | None:
     """The ``call_committed`` fields of ``call_id``'s sidecar when it and its recording
     landed whole (hash checked), else None."""
     for sidecar in sorted(state_dir.glob(f"{_FOLDERS}/{call_id}.json")):
         try:
             data: dict[str, Any] = json.loads(sidecar.read_text(encoding="utf-8"))
             recording = state_dir / data["path"]
-            if recording.is_file() and file_sha256(recording) == data["sha256"]:
+            if recording.is_file() and file_sha256(recording, tick) == data["sha256"]:
                 return {key: data[key] for key in COMMITTED_FIELDS}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable sidecar %s: %s", sidecar, exc)

@@ -28,7 +28,7 @@ import io
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -46,6 +46,13 @@ from hindsight.durable import fsync_dir, make_dirs
 from hindsight.errors import StoreError
 
 COPY_BLOCK = 1 << 20
+
+
+Tick = Callable[[], None]
+
+
+def _quiet() -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -117,11 +124,13 @@ class Sink:
         self.temp.unlink(missing_ok=True)
 
 
-def write_durably(final: Path, data: bytes) -> tuple[Path, str]:
+def write_durably(final: Path, data: bytes, tick: Tick = _quiet) -> tuple[Path, str]:
+    """Write ``data`` to ``final`` durably; ``tick`` is called between blocks (a heartbeat)."""
     sink = Sink(final)
     try:
         for at in range(0, len(data), COPY_BLOCK):
             sink.write(data[at : at + COPY_BLOCK])
+            tick()
         return sink.land(), sink.sha256
     except BaseException:
         sink.discard()
@@ -131,8 +140,9 @@ def write_durably(final: Path, data: bytes) -> tuple[Path, str]:
 class Store:
     """Writes kept calls under ``state_dir``/recordings; the worker process's half."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, tick: Tick = _quiet) -> None:
         self.root = state_dir
+        self.tick = tick  # called often during long work: the worker's heartbeat
 
     def keep(self, keep: Keep, views: Iterable[Int16Array]) -> Committed:
         """Write ``views`` as FLAC plus sidecar; return the fields of its ``call_committed``."""
@@ -143,14 +153,14 @@ class Store:
             raise StoreError(f"cannot write a recording: {exc}") from exc
 
     def _keep(self, keep: Keep, views: Iterable[Int16Array]) -> Committed:
-        done = landed(self.root, keep.call_id)
+        done = landed(self.root, keep.call_id, self.tick)
         if done is not None:
             return Committed(done)
         for partial in partials(self.root, keep.call_id):
             partial.unlink()
         flac = encode_flac(views, keep.samplerate, keep.channels)
         folder = self.root / RECORDINGS / keep.folder
-        path, digest = write_durably(folder / f"{keep.call_id}.flac", flac)
+        path, digest = write_durably(folder / f"{keep.call_id}.flac", flac, self.tick)
         fields = dict(keep.fields, path=path.relative_to(self.root).as_posix(), sha256=digest)
         fields = {key: fields[key] for key in COMMITTED_FIELDS}  # the log's order
         sidecar = dict(fields, **keep.extra)

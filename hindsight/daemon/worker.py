@@ -54,6 +54,7 @@ class Worker:
         self.sock = sock
         self.pool = pool
         self.store = store
+        store.tick = self._tick  # hashing and writing a long recording say alive too
         self._said = 0.0
         self._kinds: dict[str, Callable[[dict[str, Any]], None]] = {"settle": self._settle}
 
