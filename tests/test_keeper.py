@@ -132,6 +132,7 @@ def keeper_for(
 ) -> tuple[Keeper, CallTable, list[ThreadWorker]]:
     table = CallTable(config, Pool(1), draw=lambda: False)
     born: list[ThreadWorker] = []
+    kw.setdefault("settle_delay", (0.0, 0.0))
     keeper = Keeper(table, log, config, spawner(table.pool, store, born), QUICK, **kw)
     keeper.start()
     return keeper, table, born
@@ -317,3 +318,22 @@ def test_a_worker_writing_a_long_recording_slowly_is_not_taken_for_hung(
     assert time.monotonic() - started > 3.0, "the write took longer than hang_seconds, twice"
     assert keeper.restarts == 0
     assert outcomes(commit_log) == ["call_committed"]
+
+
+def test_a_call_is_settled_only_after_its_settle_delay_but_at_once_when_stopping(
+    config: Config, commit_log: CommitLog
+) -> None:
+    store = Store(config.daemon.state_dir)
+    keeper, table, _ = keeper_for(config, commit_log, store, settle_delay=(0.6, 0.6))
+    keeper.submit(live_call(table, commit_log, "a", keep=False))
+    time.sleep(0.3)
+    assert outcomes(commit_log) == []
+    wait_for(lambda: outcomes(commit_log) == ["call_wiped"], timeout=3)
+    slow, slow_table, _ = keeper_for(config, commit_log, store, settle_delay=(60.0, 60.0))
+    slow.submit(live_call(slow_table, commit_log, "b", keep=False))
+    started = time.monotonic()
+    slow.finish()
+    assert slow.wait(10) and time.monotonic() - started < 5
+    assert outcomes(commit_log) == ["call_wiped", "call_wiped"]
+    keeper.finish()
+    assert keeper.wait(5)

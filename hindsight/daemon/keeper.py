@@ -2,20 +2,23 @@
 
 Every ended call, kept or not, takes the same path at the same moments: the
 control loop hands it to ``submit`` (a queue put, nothing more) and answers
-at once; the keeper thread turns it into a job for the worker process, which
-writes a kept call (``stored``) and zeroes every call's chunks (``zeroed``)
-in the shared pool; the keeper then logs the outcome (it is the commit log's
-writer for outcomes) and gives the zeroed chunks back to the pool. The work
-that takes time, and differs between kept and wiped calls, happens in the
-worker at idle priority, so neither a reply nor the audio path waits on it.
+at once; after a random settle delay (``SETTLE_DELAY``) the keeper thread
+turns it into a job for the worker process, which writes a kept call
+(``stored``) and zeroes every call's chunks (``zeroed``) in the shared pool;
+the keeper then logs the outcome (it is the commit log's writer for
+outcomes) and gives the zeroed chunks back to the pool. The work that takes
+time, and differs between kept and wiped calls, happens in the worker at
+idle priority, so neither a reply nor the audio path waits on it, and only
+after the delay, so that it overlaps neither the reply to ``end`` nor a
+request right after it.
 
 - Order per call: kept: stored, ``call_committed`` logged, zeroed, chunks
   back. Not kept: zeroed, chunks back, ``call_wiped`` logged. A kept call
   that ended before its first block has no audio to write: it is wiped with
   ``why: "no_audio"`` and its ``reasons``.
-- The worker holds one job at a time, wipes before writes. A step that fails (a full disk) is
-  retried with a backoff while other calls go on being settled; the call
-  stays in memory until it is on disk. A failed log append is retried the
+- The worker holds one job at a time, wipes before writes. A step that
+  fails (a full disk) is retried with a backoff while other calls go on
+  being settled; the call stays in memory until it is on disk. A failed log append is retried the
   same way, without the worker.
 - A worker that dies is restarted (with a backoff when it keeps dying) and
   the job it held is redone; redoing is safe because writing is idempotent
@@ -34,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import secrets
 import socket
 import subprocess
 import sys
@@ -64,6 +68,10 @@ RESTART_FIRST = 0.5
 RESTART_MAX = 30.0
 STEADY_SECONDS = 10.0  # a worker that lived this long resets the restart backoff
 TICK = 0.25
+# Seconds between a call's end and the start of its job, drawn anew per call. The work a
+# kept call costs (its description here, FLAC in the worker) then never overlaps the reply
+# to ``end`` or a request right after it, and lands at no fixed time after either.
+SETTLE_DELAY = (0.3, 1.2)
 
 
 class WorkerHandle(Protocol):
@@ -183,6 +191,7 @@ class _Restart:
 
 @dataclass
 class _State:
+    waiting: list[tuple[float, Call]] = field(default_factory=list)  # (due, call): settle delay
     ready: deque[Job] = field(default_factory=deque)
     retries: list[Job] = field(default_factory=list)
     stopping: bool = False
@@ -198,6 +207,7 @@ class Keeper:
         spawn: Spawn,
         retry_first: float = RETRY_FIRST,
         hang_seconds: float = HANG_SECONDS,
+        settle_delay: tuple[float, float] = SETTLE_DELAY,
     ) -> None:
         self.table = table
         self.log = commit_log
@@ -205,6 +215,7 @@ class Keeper:
         self.spawn = spawn
         self.retry_first = retry_first
         self.hang_seconds = hang_seconds
+        self.settle_delay = settle_delay
         self._events: queue.Queue[tuple[str, int, Any]] = queue.Queue()
         self._state = _State()
         self._link: _Link | None = None
@@ -265,7 +276,7 @@ class Keeper:
     def _done(self) -> bool:
         state = self._state
         busy = self._link is not None and self._link.busy is not None
-        return state.stopping and not (state.ready or state.retries or busy)
+        return state.stopping and not (state.waiting or state.ready or state.retries or busy)
 
     def _next_event(self) -> None:
         try:
@@ -273,7 +284,7 @@ class Keeper:
         except queue.Empty:
             return
         if kind == "call":
-            self._state.ready.append(self._job(payload))
+            self._state.waiting.append((time.monotonic() + self._settle_delay(), payload))
         elif kind == "stop":
             self._state.stopping, self._state.deadline = True, payload
         elif self._link is not None and generation == self._link.generation:
@@ -283,7 +294,7 @@ class Keeper:
                 self._lost_worker(f"it closed its channel ({payload})")
 
     def _wait(self) -> float:
-        dues = [job.due for job in self._state.retries]
+        dues = [job.due for job in self._state.retries] + [due for due, _ in self._state.waiting]
         wake = min([time.monotonic() + TICK, *dues, self._state.deadline])
         return max(0.0, wake - time.monotonic())
 
@@ -293,6 +304,7 @@ class Keeper:
             self._give_up_all()
             return
         self._check_hang(now)
+        self._take_waiting(now)
         due = [job for job in state.retries if job.due <= now]
         state.retries = [job for job in state.retries if job.due > now]
         for job in due:
@@ -300,6 +312,19 @@ class Keeper:
         if self._link is None and now >= self._restart.at:
             self._start_worker(now)
         self._dispatch()
+
+    def _settle_delay(self) -> float:
+        low, high = self.settle_delay
+        return low + (high - low) * secrets.randbelow(1 << 30) / (1 << 30)
+
+    def _take_waiting(self, now: float) -> None:
+        """Calls whose settle delay is over (every call, once stopping) become jobs."""
+        state = self._state
+        due = [call for at, call in state.waiting if at <= now or state.stopping]
+        state.waiting = [
+            (at, call) for at, call in state.waiting if at > now and not state.stopping
+        ]
+        state.ready.extend(self._job(call) for call in due)
 
     def _job(self, call: Call) -> Job:
         self._numbers += 1
@@ -467,6 +492,7 @@ class Keeper:
 
     def _give_up_all(self) -> None:
         """Stop the worker, zero what is left here, give each call the outcome it really had."""
+        self._take_waiting(time.monotonic())
         link = self._link
         left = list(self._state.ready) + self._state.retries
         if link is not None and link.busy is not None:
