@@ -10,10 +10,10 @@ refuses one it does not know with a ``failed`` reply, so that later kinds
 (deletions, uploads) can be added on both sides without a new channel.
 
 ``settle`` (an ended call):
-    ``call_id``, ``channels``, ``chunks`` (every chunk the call holds: all are
-    zeroed), ``extents`` (``[chunk, first frame, end frame]`` of the audio to
-    keep, oldest first), ``keep`` (a ``store.Keep`` as a dict, or null for a
-    call that is only wiped).
+    ``channels``, ``chunks`` (every chunk the call holds: all are zeroed),
+    ``extents`` (``[chunk, first frame, end frame]`` of the audio to keep,
+    oldest first), ``keep`` (a ``store.Keep`` as a dict, or null for a call
+    that is only wiped, or whose recording was already stored).
 
 Replies: ``{"job": N, "step": S, ...}`` with S one of ``stored`` (``fields``:
 the ``call_committed`` fields), ``zeroed``, ``failed`` (``error``: a message
