@@ -13,7 +13,6 @@ Rules:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import Counter
@@ -23,9 +22,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hindsight.commitlog import LOG_NAME, OUTCOME_EVENTS, read_chain
+from hindsight.durable import file_sha256
 from hindsight.errors import CommitLogError
 
-HASH_BLOCK = 1 << 20
 REASONS = ("sampled", "marked")
 NO_AGENT = "(none)"
 UNKNOWN = "(unknown)"
@@ -197,17 +196,6 @@ def _no_rule(entry: Mapping[str, Any]) -> None:
 
 # What a recording of each kind begins with.
 MAGIC = {".flac": b"fLaC"}
-
-
-def file_sha256(path: Path, tick: Callable[[], None] | None = None) -> str:
-    """Hex SHA-256 of the file's bytes; ``tick``, if given, is called after every block."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-            if tick is not None:
-                tick()
-    return digest.hexdigest()
 
 
 def _check_sidecar(state_dir: Path, commit: _Commit) -> str | None:

@@ -6,11 +6,13 @@ before, ``GENESIS`` on the first) and ``hash`` (see ``entry_hash``).
 
 Rules:
 
-- Append-only: a line once written is never rewritten, truncated or removed, not even a torn
-  tail left by a crash. A log whose chain is broken or whose tail is torn is reported and
-  refused; it is never silently extended or repaired.
-- Every append is written and fsynced before it returns; an append that failed part-way makes
-  this ``CommitLog`` refuse all further appends, since its tail is now torn.
+- Append-only: a whole line once written is never rewritten, truncated or removed, not even
+  a torn tail left by a crash. A log whose chain is broken or whose tail is torn is reported
+  and refused; it is never silently extended or repaired.
+- Every append is written and fsynced before it returns. An append that fails part-way (a
+  full disk) is cut back to the end of the last whole line: those bytes were never
+  acknowledged, and leaving them would tear the log for good. Only when that cut fails too
+  does this ``CommitLog`` refuse all further appends.
 - One appender at a time: ``open`` takes an exclusive ``flock`` on the file.
 - Any event kind is accepted; the chain never depends on the event. The call events are the
   exception that keeps invariant 4: a ``call_started`` may not reuse a call id, and a

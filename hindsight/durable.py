@@ -1,16 +1,19 @@
-"""Durable folders: what the commit log and the store both need from the file system.
+"""Durable files and folders: what the commit log, the store and the auditor need from disk.
 
 A file is durable only when its folder entry is too, so every folder made
 here is fsynced into its parent, and callers fsync a folder after they put a
-file in it.
+file in it. ``file_sha256`` is how every part hashes a recording.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 DIR_MODE = 0o750
+HASH_BLOCK = 1 << 20
 
 
 def fsync_dir(directory: Path) -> None:
@@ -28,3 +31,14 @@ def make_dirs(directory: Path) -> None:
     make_dirs(directory.parent)
     directory.mkdir(mode=DIR_MODE, exist_ok=True)
     fsync_dir(directory.parent)
+
+
+def file_sha256(path: Path, tick: Callable[[], None] | None = None) -> str:
+    """Hex SHA-256 of the file's bytes; ``tick``, if given, is called after every block."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+            if tick is not None:
+                tick()
+    return digest.hexdigest()

@@ -24,7 +24,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
 
 import numpy as np
 
@@ -32,11 +31,6 @@ from hindsight.clock import utcnow
 from hindsight.config import Config, LineConfig
 from hindsight.daemon.buffer import CallBuffer, Int16Array, Pool
 from hindsight.errors import ProtocolError
-
-
-class CallState(Enum):
-    LIVE = "live"
-    ENDED = "ended"
 
 
 @dataclass(frozen=True)
@@ -55,7 +49,6 @@ class Call:
     sampled: bool
     buffer: CallBuffer
     samplerate: int
-    state: CallState = CallState.LIVE
     ended: datetime | None = None
     marks: list[MarkEvent] = field(default_factory=list)
     status_flags: int = 0  # blocks PortAudio flagged (overflow and the like)
@@ -239,7 +232,6 @@ class CallTable:
                 raise ProtocolError("no_call", f"line {line} has no live call")
             self._slots[slot] = None
             self._unrank(slot)  # an ended call's chunks are the worker's now, never a victim's
-        call.state = CallState.ENDED
         call.ended = utcnow()
         return call
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hindsight.audit import file_sha256
+from hindsight.durable import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from types import FrameType
 import zmq
 
 from hindsight import __version__
-from hindsight.commitlog import CommitLog
+from hindsight.commitlog import LOG_NAME, CommitLog
 from hindsight.config import Config, load_config, resolve_config_path
 from hindsight.daemon import logs, systemd
 from hindsight.daemon.buffer import CHUNK_SAMPLES, Pool, chunk_count
@@ -49,7 +49,6 @@ log = logging.getLogger("hindsight.daemon")
 
 TICK_MS = 250
 WORKER_START_SECONDS = 20.0
-COMMIT_LOG = "commit.log"
 
 
 def build_sources(config: Config) -> list[Source]:
@@ -78,7 +77,7 @@ class Daemon:
         harden_process()
         state_dir = self.config.daemon.state_dir
         make_state_dir(state_dir)
-        commit_log = CommitLog.open(state_dir / COMMIT_LOG)
+        commit_log = CommitLog.open(state_dir / LOG_NAME)
         try:
             return self._run(commit_log)
         finally:
