@@ -24,6 +24,7 @@ from typing import Any
 from hindsight.commitlog import LOG_NAME, OUTCOME_EVENTS, read_chain
 from hindsight.durable import file_sha256
 from hindsight.errors import CommitLogError
+from hindsight.layout import sidecar_path
 
 REASONS = ("sampled", "marked")
 NO_AGENT = "(none)"
@@ -200,7 +201,7 @@ MAGIC = {".flac": b"fLaC"}
 
 def _check_sidecar(state_dir: Path, commit: _Commit) -> str | None:
     where = f"{LOG_NAME} line {commit.seq}"
-    sidecar = PurePosixPath(commit.path).with_suffix(".json").as_posix()
+    sidecar = sidecar_path(PurePosixPath(commit.path), commit.call_id).as_posix()
     try:
         data = json.loads((state_dir / sidecar).read_bytes())
     except FileNotFoundError:

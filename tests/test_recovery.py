@@ -6,8 +6,8 @@ from pathlib import Path
 
 from hindsight import audit
 from hindsight.commitlog import CommitLog
-from hindsight.daemon.layout import COMMITTED_FIELDS
 from hindsight.daemon.recovery import settle_open_calls
+from hindsight.layout import COMMITTED_FIELDS
 
 
 def landed_recording(state: Path, call_id: str) -> dict[str, object]:

@@ -12,9 +12,9 @@ from hindsight.config import Config, parse_config
 from hindsight.daemon import store as store_module
 from hindsight.daemon.buffer import Pool
 from hindsight.daemon.calls import Call, CallTable
-from hindsight.daemon.layout import COMMITTED_FIELDS
 from hindsight.daemon.store import Committed, Store, describe
 from hindsight.errors import StoreError
+from hindsight.layout import COMMITTED_FIELDS
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from hindsight.commitlog import CommitLog
-from hindsight.daemon.layout import landed, partials
+from hindsight.layout import landed, partials
 
 log = logging.getLogger(__name__)
 

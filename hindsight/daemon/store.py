@@ -41,9 +41,16 @@ from hindsight.clock import iso
 from hindsight.config import Config
 from hindsight.daemon.buffer import Int16Array
 from hindsight.daemon.calls import Call
-from hindsight.daemon.layout import COMMITTED_FIELDS, RECORDINGS, landed, partials
 from hindsight.durable import fsync_dir, make_dirs
 from hindsight.errors import StoreError
+from hindsight.layout import (
+    COMMITTED_FIELDS,
+    day_folder,
+    landed,
+    partials,
+    recording_path,
+    sidecar_path,
+)
 
 COPY_BLOCK = 1 << 20
 
@@ -159,14 +166,14 @@ class Store:
         for partial in partials(self.root, keep.call_id):
             partial.unlink()
         flac = encode_flac(views, keep.samplerate, keep.channels)
-        folder = self.root / RECORDINGS / keep.folder
-        path, digest = write_durably(folder / f"{keep.call_id}.flac", flac, self.tick)
+        final = recording_path(self.root, keep.folder, keep.call_id)
+        path, digest = write_durably(final, flac, self.tick)
         fields = dict(keep.fields, path=path.relative_to(self.root).as_posix(), sha256=digest)
         fields = {key: fields[key] for key in COMMITTED_FIELDS}  # the log's order
         sidecar = dict(fields, **keep.extra)
         text = json.dumps(sidecar, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
         try:
-            write_durably(path.with_suffix(".json"), text.encode("utf-8"))
+            write_durably(sidecar_path(path, keep.call_id), text.encode("utf-8"))
         except BaseException:
             path.unlink(missing_ok=True)  # a retry writes both again, under the same name
             raise
@@ -193,7 +200,7 @@ def describe(call: Call, config: Config) -> Keep:
     }
     channels = len(call.line.channels)
     extra = _sidecar_extra(call, config, retention)
-    return Keep(call.call_id, f"{call.started:%Y/%m/%d}", rate, channels, fields, extra)
+    return Keep(call.call_id, day_folder(call.started), rate, channels, fields, extra)
 
 
 def _retention(call: Call, config: Config) -> dict[str, str]:

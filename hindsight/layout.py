@@ -1,9 +1,10 @@
 """Where a call's files lie under state_dir, and how to tell a whole recording from a partial.
 
 One place names every path of a recording, so that the store (writing), the
-worker redoing a job, and recovery after a crash agree on what belongs to a
-call: ``recordings/YYYY/MM/DD/<call_id>.flac``, its sidecar ``<call_id>.json``
-beside it, and the store's temp files ``.<call_id>.flac.<random>.tmp``.
+worker redoing a job, recovery after a crash and the auditor agree on what
+belongs to a call: ``recordings/YYYY/MM/DD/<call_id>.flac``, its sidecar
+``<call_id>.json`` beside it (named by the call, whatever the recording's
+suffix), and the store's temp files ``.<call_id>.flac.<random>.tmp``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from datetime import datetime
+from pathlib import Path, PurePath
+from typing import Any, TypeVar
 
 from hindsight.durable import file_sha256
 
 log = logging.getLogger(__name__)
 
 RECORDINGS = "recordings"
+RECORDING_SUFFIX = ".flac"
+AnyPath = TypeVar("AnyPath", bound=PurePath)
 _FOLDERS = f"{RECORDINGS}/*/*/*"
 # The fields of a call_committed line; every sidecar holds them too.
 COMMITTED_FIELDS = (
@@ -36,6 +40,20 @@ COMMITTED_FIELDS = (
     "lost_seconds",
     "status_flags",
 )
+
+
+def day_folder(started: datetime) -> str:
+    """The folder of a call's files under recordings/, from the day (UTC) it started."""
+    return f"{started:%Y/%m/%d}"
+
+
+def recording_path(state_dir: Path, folder: str, call_id: str) -> Path:
+    return state_dir / RECORDINGS / folder / f"{call_id}{RECORDING_SUFFIX}"
+
+
+def sidecar_path(recording: AnyPath, call_id: str) -> AnyPath:
+    """The sidecar beside ``recording``."""
+    return recording.parent / f"{call_id}.json"
 
 
 def landed(
