@@ -53,8 +53,9 @@ from hindsight.daemon.calls import Call, CallTable
 from hindsight.daemon.keeper import Keeper, process_spawner
 from hindsight.daemon.memory import PoolMemory
 from hindsight.daemon.sources import Deliver, LoopSource, loop_source, synthetic_table
-from hindsight.daemon.store import Committed, Store, describe
+from hindsight.daemon.store import Store, describe
 from hindsight.errors import ConfigError, HindsightError
+from hindsight.record import Committed
 
 RATE = 16000
 BLOCK = 320  # 20 ms, the contract's default

@@ -17,6 +17,7 @@ from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 from hindsight.durable import file_sha256
+from hindsight.record import Committed
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +25,6 @@ RECORDINGS = "recordings"
 RECORDING_SUFFIX = ".flac"
 AnyPath = TypeVar("AnyPath", bound=PurePath)
 _FOLDERS = f"{RECORDINGS}/*/*/*"
-# The fields of a call_committed line; every sidecar holds them too.
-COMMITTED_FIELDS = (
-    "call_id",
-    "line",
-    "agent",
-    "reasons",
-    "purposes",
-    "retention",
-    "retain_until",
-    "path",
-    "sha256",
-    "seconds",
-    "rolled_seconds",
-    "lost_seconds",
-    "status_flags",
-)
 
 
 def day_folder(started: datetime) -> str:
@@ -58,15 +43,15 @@ def sidecar_path(recording: AnyPath, call_id: str) -> AnyPath:
 
 def landed(
     state_dir: Path, call_id: str, tick: Callable[[], None] | None = None
-) -> dict[str, Any] | None:
-    """The ``call_committed`` fields of ``call_id``'s sidecar when it and its recording
-    landed whole (hash checked), else None."""
+) -> Committed | None:
+    """What ``call_id``'s sidecar says, when it and its recording landed whole (hash
+    checked), else None."""
     for sidecar in sorted(state_dir.glob(f"{_FOLDERS}/{call_id}.json")):
         try:
             data: dict[str, Any] = json.loads(sidecar.read_text(encoding="utf-8"))
             recording = state_dir / data["path"]
             if recording.is_file() and file_sha256(recording, tick) == data["sha256"]:
-                return {key: data[key] for key in COMMITTED_FIELDS}
+                return Committed.from_log(data)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable sidecar %s: %s", sidecar, exc)
     return None

@@ -20,9 +20,10 @@ from hindsight.daemon import store as store_module
 from hindsight.daemon.buffer import Int16Array, Pool
 from hindsight.daemon.calls import Call, CallTable
 from hindsight.daemon.keeper import Keeper, WorkerHandle
-from hindsight.daemon.store import Committed, Keep, Store
+from hindsight.daemon.store import Keep, Store
 from hindsight.daemon.worker import Worker
 from hindsight.errors import CommitLogError, StoreError
+from hindsight.record import Committed
 
 QUICK = 0.05  # first retry delay
 

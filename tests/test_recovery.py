@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 from hindsight import audit
-from hindsight.commitlog import CommitLog
+from hindsight.commitlog import CommitLog, read_chain
 from hindsight.daemon.recovery import settle_open_calls
-from hindsight.layout import COMMITTED_FIELDS
+from hindsight.record import COMMITTED_FIELDS
 
 
 def landed_recording(state: Path, call_id: str) -> dict[str, object]:
@@ -21,6 +21,8 @@ def landed_recording(state: Path, call_id: str) -> dict[str, object]:
         line="desk-01",
         reasons=["marked"],
         purposes=["escalation"],
+        retention={"escalation": "2028-11-28T00:00:00Z"},
+        retain_until="2028-11-28T00:00:00Z",
         path=f"recordings/2026/11/28/{call_id}.flac",
         sha256=hashlib.sha256(audio).hexdigest(),
     )
@@ -68,3 +70,17 @@ def test_partial_files_of_a_call_lost_in_a_crash_are_removed(tmp_path: Path) -> 
 
 def audit_entries(state: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (state / "commit.log").read_text().splitlines()]
+
+
+def test_a_sidecar_missing_a_field_is_not_taken_for_a_landed_recording(tmp_path: Path) -> None:
+    crashed_log(tmp_path, "c1")
+    landed_recording(tmp_path, "c1")
+    sidecar = tmp_path / "recordings/2026/11/28/c1.json"
+    data = json.loads(sidecar.read_text())
+    del data["retention"]
+    sidecar.write_text(json.dumps(data))
+    with CommitLog.open(tmp_path / "commit.log") as log:
+        settle_open_calls(log, tmp_path)
+    assert not sidecar.exists()
+    (outcome,) = [e for e in read_chain(tmp_path / "commit.log") if e["event"] == "call_wiped"]
+    assert outcome["why"] == "lost_in_crash"

@@ -12,9 +12,9 @@ from hindsight.config import Config, parse_config
 from hindsight.daemon import store as store_module
 from hindsight.daemon.buffer import Pool
 from hindsight.daemon.calls import Call, CallTable
-from hindsight.daemon.store import Committed, Store, describe
+from hindsight.daemon.store import Store, describe
 from hindsight.errors import StoreError
-from hindsight.layout import COMMITTED_FIELDS
+from hindsight.record import COMMITTED_FIELDS, Committed
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def files(root: Path) -> list[str]:
 
 def test_a_commit_writes_flac_and_sidecar_holding_the_logged_fields(config: Config) -> None:
     call = ended_call(config)
-    fields = commit(config, call).fields
+    fields = commit(config, call).to_log()
     root = config.daemon.state_dir
     assert tuple(fields) == COMMITTED_FIELDS
     assert fields["path"] == f"recordings/{call.started:%Y/%m/%d}/c-1.flac"
@@ -105,7 +105,7 @@ def test_a_sidecar_that_fails_takes_its_recording_back(
         commit(config, call)
     assert files(config.daemon.state_dir) == []
     monkeypatch.setattr(store_module, "write_durably", real)
-    assert commit(config, call).fields["path"].endswith("/c-1.flac")
+    assert commit(config, call).to_log()["path"].endswith("/c-1.flac")
 
 
 def test_a_redo_replaces_the_partial_files_of_an_earlier_attempt(config: Config) -> None:
@@ -114,7 +114,7 @@ def test_a_redo_replaces_the_partial_files_of_an_earlier_attempt(config: Config)
     folder.mkdir(parents=True)
     (folder / "c-1.flac").write_bytes(b"landed, but its sidecar did not")
     (folder / ".c-1.flac.1234abcd.tmp").write_bytes(b"half a file")
-    fields = commit(config, call).fields
+    fields = commit(config, call).to_log()
     assert fields["path"].endswith("/c-1.flac")
     assert files(config.daemon.state_dir) == [fields["path"], fields["path"][:-5] + ".json"]
     audio, _ = sf.read(str(config.daemon.state_dir / fields["path"]), dtype="int16")
@@ -123,9 +123,9 @@ def test_a_redo_replaces_the_partial_files_of_an_earlier_attempt(config: Config)
 
 def test_a_redo_after_a_whole_landing_reports_it_without_writing_again(config: Config) -> None:
     call = ended_call(config)
-    first = commit(config, call).fields
+    first = commit(config, call).to_log()
     path = config.daemon.state_dir / first["path"]
     before = path.stat().st_mtime_ns, path.stat().st_ino
-    assert commit(config, call).fields == first
+    assert commit(config, call).to_log() == first
     assert (path.stat().st_mtime_ns, path.stat().st_ino) == before
     assert len(files(config.daemon.state_dir)) == 2

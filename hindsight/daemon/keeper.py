@@ -57,6 +57,7 @@ from hindsight.daemon.calls import Call, CallTable
 from hindsight.daemon.memory import PoolMemory
 from hindsight.daemon.store import Keep, describe, reasons
 from hindsight.errors import HindsightError
+from hindsight.record import Committed
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class Job:
     keep: Keep | None
     why: str  # the wipe's reason when not kept: not_kept or no_audio
     delay: float
-    fields: dict[str, Any] | None = None  # call_committed's, once stored
+    committed: Committed | None = None  # once stored
     zeroed: bool = False
     logged: bool = False
     due: float = 0.0
@@ -157,7 +158,7 @@ class Job:
     @property
     def writes(self) -> bool:
         """Whether the worker has a recording to write for it (not only chunks to zero)."""
-        return self.keep is not None and self.fields is None
+        return self.keep is not None and self.committed is None
 
     def message(self) -> dict[str, Any]:
         keep = self.keep if self.writes else None
@@ -427,7 +428,7 @@ class Keeper:
         if step == "alive" or job is None or message.get("job") != job.number:
             return
         if step == "stored":
-            job.fields = message["fields"]
+            job.committed = Committed.from_log(message["fields"])
             self._log_outcome(job)
         elif step == "zeroed":
             link.busy = None
@@ -463,8 +464,8 @@ class Keeper:
         if job.logged:
             return True
         try:
-            if job.fields is not None:
-                self.log.append("call_committed", **job.fields)
+            if job.committed is not None:
+                self.log.append("call_committed", **job.committed.to_log())
             elif job.zeroed:
                 self._log_wipe(job, job.why)
             else:
@@ -510,7 +511,7 @@ class Keeper:
         if not job.zeroed:
             self.table.zero_and_give_back(job.chunks)
             job.zeroed = True
-        if job.fields is not None and not job.logged:
+        if job.committed is not None and not job.logged:
             if not self._log_outcome(job):
                 log.critical("a recording is on disk but not in the log; the next start logs it")
             return

@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 def settle_open_calls(commit_log: CommitLog, state_dir: Path) -> None:
     for call_id, line in list(commit_log.open_calls.items()):
-        fields = landed(state_dir, call_id)
-        if fields is not None:
-            commit_log.append("call_committed", **fields, recovered=True)
+        committed = landed(state_dir, call_id)
+        if committed is not None:
+            commit_log.append("call_committed", **committed.to_log(), recovered=True)
             log.warning("call %s was committed to disk before a crash; logged now", call_id)
             continue
         for partial in partials(state_dir, call_id):

@@ -44,13 +44,13 @@ from hindsight.daemon.calls import Call
 from hindsight.durable import fsync_dir, make_dirs
 from hindsight.errors import StoreError
 from hindsight.layout import (
-    COMMITTED_FIELDS,
     day_folder,
     landed,
     partials,
     recording_path,
     sidecar_path,
 )
+from hindsight.record import Committed
 
 COPY_BLOCK = 1 << 20
 
@@ -60,13 +60,6 @@ Tick = Callable[[], None]
 
 def _quiet() -> None:
     pass
-
-
-@dataclass(frozen=True)
-class Committed:
-    """What the log line ``call_committed`` says about a kept call."""
-
-    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -162,22 +155,22 @@ class Store:
     def _keep(self, keep: Keep, views: Iterable[Int16Array]) -> Committed:
         done = landed(self.root, keep.call_id, self.tick)
         if done is not None:
-            return Committed(done)
+            return done
         for partial in partials(self.root, keep.call_id):
             partial.unlink()
         flac = encode_flac(views, keep.samplerate, keep.channels)
         final = recording_path(self.root, keep.folder, keep.call_id)
         path, digest = write_durably(final, flac, self.tick)
         fields = dict(keep.fields, path=path.relative_to(self.root).as_posix(), sha256=digest)
-        fields = {key: fields[key] for key in COMMITTED_FIELDS}  # the log's order
-        sidecar = dict(fields, **keep.extra)
+        committed = Committed.from_log(fields)
+        sidecar = dict(committed.to_log(), **keep.extra)
         text = json.dumps(sidecar, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
         try:
             write_durably(sidecar_path(path, keep.call_id), text.encode("utf-8"))
         except BaseException:
             path.unlink(missing_ok=True)  # a retry writes both again, under the same name
             raise
-        return Committed(fields)
+        return committed
 
 
 def describe(call: Call, config: Config) -> Keep:

@@ -89,7 +89,7 @@ class Worker:
             except HindsightError as exc:
                 self._reply(job, "failed", error=str(exc))
                 return
-            self._reply(job, "stored", fields=committed.fields)
+            self._reply(job, "stored", fields=committed.to_log())
         for index in job["chunks"]:
             self.pool[index].fill(0)
             self._tick()
