@@ -7,7 +7,10 @@ Rules of this module:
 - Pure: no I/O beyond reading the one file and checking that ``audio.file`` exists.
 - Never partially valid: every problem is collected as ``section.key: message`` (``lines[2].x``
   inside an array, 0-based) and all of them are raised together in one ``ConfigError``; a broken
-  file never yields a ``Config``.
+  file never yields a ``Config``. A name that is not one of the known ones (a key, a section, a
+  choice, a declared device or purpose) comes with a did-you-mean suggestion when one is close.
+- A purpose has exactly one retention rule: ``retention_days``, or ``until_resolved = true``.
+  ``grace_days`` goes with either: ``resolve`` applies to every purpose.
 - Relative paths (``daemon.state_dir``, ``audio.file``, the path of an ``ipc://`` endpoint) are
   relative to the folder of the config file (``base_dir``); resolved paths are absolute.
 - Messages echo at most ~40 characters of any value from the file.
@@ -30,7 +33,7 @@ import os
 import re
 import tomllib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
@@ -44,12 +47,18 @@ LEGAL_BASES = (
     "legal-obligation",
     "vital-interests",
     "public-task",
-    "legitimate-interest",
+    "legitimate-interests",
+    "legitimate-interest",  # the older spelling, kept so that existing files stay valid
 )
 DEFAULT_CONFIG_PATH = Path("/etc/hindsight/hindsight.toml")
 CONFIG_ENV = "HINDSIGHT_CONFIG"
 SOURCES = ("sounddevice", "file", "synthetic")
 DEFAULT_DEVICE_NAME = "default"
+# A hundred years: a bound on every day count, so that a date computed from one stays in range.
+MAX_DAYS = 36500
+# `hindsight audit verify` fails on a recording more than a day past its retention; a purge at
+# least twice a day keeps a due recording well inside that, even across a restart.
+MAX_PURGE_INTERVAL_SECONDS = 43200
 # libsndfile's FLAC writer refuses more, so a wider line could never be kept.
 MAX_LINE_CHANNELS = 8
 
@@ -106,13 +115,22 @@ class LineConfig:
     name: str
     device: str  # the name of a DeviceConfig
     channels: tuple[int, ...]  # 1-based, as in the file
+    announced: tuple[str, ...]  # purposes the caller is told of; every purpose when not given
 
 
 @dataclass(frozen=True)
 class PurposeConfig:
     name: str
     legal_basis: str
-    retention_days: int
+    retention_days: float | None  # None exactly when until_resolved
+    until_resolved: bool
+    grace_days: float  # how long the purpose still holds after `resolve` (either rule)
+    max_retention_days: float | None  # None: no cap
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    purge_interval_seconds: float
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,7 @@ class Config:
     sampling: SamplingConfig
     marking: MarkingConfig
     worker: WorkerConfig
+    retention: RetentionConfig
     lines: tuple[LineConfig, ...]
     purposes: tuple[PurposeConfig, ...]
     path: Path | None
@@ -188,18 +207,27 @@ class _Int(_Value[int]):
 
 @dataclass(frozen=True)
 class _Float(_Value[float]):
-    above: float
+    low: float
     at_most: float
+    low_allowed: bool = False  # False: the value must be greater than ``low``
 
     def parse(self, raw: object) -> float:
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise ValueError(f"expected a number, {_got(raw)}")
-        if not self.above < raw <= self.at_most:  # also refuses nan
+        above_low = self.low <= raw if self.low_allowed else self.low < raw
+        if not (above_low and raw <= self.at_most):  # also refuses nan
+            low = "at least" if self.low_allowed else "greater than"
             raise ValueError(
-                f"must be greater than {self.above:g} and at most {self.at_most:g}, "
-                f"got {_clip(repr(raw))}"
+                f"must be {low} {self.low:g} and at most {self.at_most:g}, got {_clip(repr(raw))}"
             )
         return float(raw)
+
+
+class _Bool(_Value[bool]):
+    def parse(self, raw: object) -> bool:
+        if not isinstance(raw, bool):
+            raise ValueError(f"expected true or false, {_got(raw)}")
+        return raw
 
 
 @dataclass(frozen=True)
@@ -213,7 +241,9 @@ class _Str(_Value[str]):
             raise ValueError("must not be empty")
         if self.choices and text not in self.choices:
             allowed = ", ".join(repr(choice) for choice in self.choices)
-            raise ValueError(f"must be one of {allowed}, got {_clip(repr(text))}")
+            raise ValueError(
+                f"must be one of {allowed}, got {_clip(repr(text))}{_suggest(text, self.choices)}"
+            )
         return text
 
 
@@ -226,6 +256,26 @@ class _Id(_Value[str]):
                 f"got {_clip(repr(text))}"
             )
         return text
+
+
+class _Ids(_Value[tuple[str, ...]]):
+    """A list of distinct ids; ``[]`` is allowed."""
+
+    def parse(self, raw: object) -> tuple[str, ...]:
+        if not isinstance(raw, list):
+            raise ValueError(f"expected a list of strings, {_got(raw)}")
+        ids = tuple(_list_item(index, item, _Id().parse) for index, item in enumerate(raw))
+        for index, name in enumerate(ids):
+            if name in ids[:index]:
+                raise ValueError(f"{_clip(repr(name))} is listed twice")
+        return ids
+
+
+def _list_item(index: int, raw: object, parse: Callable[[object], T]) -> T:
+    try:
+        return parse(raw)
+    except ValueError as error:
+        raise ValueError(f"item {index}: {error}") from None
 
 
 class _Endpoint(_Value[str]):
@@ -277,10 +327,7 @@ class _Channels(_Value[tuple[int, ...]]):
 
 
 def _channel(index: int, raw: object) -> int:
-    try:
-        channel = _expect_int(raw)
-    except ValueError as error:
-        raise ValueError(f"item {index}: {error}") from None
+    channel = _list_item(index, raw, _expect_int)
     if channel < 1:
         raise ValueError(f"channel {_clip(str(channel))} is out of range: channels count from 1")
     return channel
@@ -323,6 +370,9 @@ _MARKING: Final[_Schema] = {"purpose": _Key(_Id(), "escalation")}
 # The worker says alive twice a second; a long silence means it hangs (or starves: it runs
 # at idle priority, so a host whose CPUs are all busy for that long is taken for the same).
 _WORKER: Final[_Schema] = {"hang_seconds": _Key(_Float(0, 3600), 60)}
+_RETENTION: Final[_Schema] = {
+    "purge_interval_seconds": _Key(_Float(0, MAX_PURGE_INTERVAL_SECONDS), 3600),
+}
 _SECTIONS: Final[Mapping[str, _Schema]] = {
     "daemon": _DAEMON,
     "audio": _AUDIO,
@@ -330,6 +380,7 @@ _SECTIONS: Final[Mapping[str, _Schema]] = {
     "sampling": _SAMPLING,
     "marking": _MARKING,
     "worker": _WORKER,
+    "retention": _RETENTION,
 }
 _DEVICE: Final[_Schema] = {
     "name": _Key(_Id()),
@@ -340,10 +391,15 @@ _LINE: Final[_Schema] = {
     "name": _Key(_Id()),
     "device": _Key(_Id(), None),
     "channels": _Key(_Channels()),
+    "announced": _Key(_Ids(), None),  # None: every declared purpose (a cross-check fills it in)
 }
+# Exactly one of retention_days and until_resolved = true: a cross-check.
 _PURPOSE: Final[_Schema] = {
     "legal_basis": _Key(_Str(LEGAL_BASES)),
-    "retention_days": _Key(_Int(1, 36500)),
+    "retention_days": _Key(_Float(0, MAX_DAYS), None),
+    "until_resolved": _Key(_Bool(), False),
+    "grace_days": _Key(_Float(0, MAX_DAYS, low_allowed=True), 0),
+    "max_retention_days": _Key(_Float(0, MAX_DAYS), None),  # >= retention_days: a cross-check
 }
 _DEFAULT_PURPOSES: Final[Mapping[str, object]] = {
     "training": {"legal_basis": "legitimate-interest", "retention_days": 92},
@@ -523,18 +579,50 @@ def _parse_lines(
     return entries
 
 
-def _check_declared(key: str, name: str | None, declared: set[str], problems: _Problems) -> None:
+def _check_retention_rule(where: str, purpose: dict[str, Any], problems: _Problems) -> None:
+    """Exactly one of retention_days and until_resolved = true; a cap not below retention_days."""
+    if "retention_days" not in purpose or "until_resolved" not in purpose:
+        return
+    days, until_resolved = purpose["retention_days"], purpose["until_resolved"]
+    if days is not None and until_resolved:
+        problems.add(where, "has both retention_days and until_resolved = true; give exactly one")
+    elif days is None and not until_resolved:
+        problems.add(where, "needs retention_days or until_resolved = true (exactly one of them)")
+    cap = purpose.get("max_retention_days")
+    if days is not None and cap is not None and cap < days:
+        problems.add(
+            f"{where}.max_retention_days",
+            f"must be at least retention_days ({days:g}), got {cap:g}",
+        )
+
+
+def _check_declared(
+    key: str, name: str | None, declared: Collection[str], problems: _Problems
+) -> None:
     if name is not None and name not in declared:
         problems.add(key, f"{name!r} is not declared under [purposes]{_suggest(name, declared)}")
 
 
 def _check_purpose_refs(
-    sections: Mapping[str, dict[str, Any]], declared: set[str], problems: _Problems
+    sections: Mapping[str, dict[str, Any]], declared: Collection[str], problems: _Problems
 ) -> None:
     sampling = sections["sampling"]
     if sampling.get("one_in", 0) > 0:
         _check_declared("sampling.purpose", sampling.get("purpose"), declared, problems)
     _check_declared("marking.purpose", sections["marking"].get("purpose"), declared, problems)
+
+
+def _check_announced(
+    lines: list[dict[str, Any]], declared: Collection[str], problems: _Problems
+) -> None:
+    """Each line's ``announced`` names declared purposes; when not given, it is all of them."""
+    for index, line in enumerate(lines):
+        if "announced" not in line:
+            continue
+        if line["announced"] is None:
+            line["announced"] = tuple(declared)
+        for name in line["announced"]:
+            _check_declared(f"lines[{index}].announced", name, declared, problems)
 
 
 # --- phase 3: build, only from a problem-free parse ---
@@ -582,6 +670,7 @@ def _build(
         sampling=SamplingConfig(**sections["sampling"]),
         marking=MarkingConfig(**sections["marking"]),
         worker=WorkerConfig(**sections["worker"]),
+        retention=RetentionConfig(**sections["retention"]),
         lines=tuple(LineConfig(**entry) for entry in lines),
         purposes=tuple(PurposeConfig(**entry) for entry in purposes),
         path=path,
@@ -604,7 +693,11 @@ def parse_config(data: dict[str, Any], base_dir: Path, path: Path | None = None)
     devices = _parse_devices(data, sections["audio"], problems)
     lines = _parse_lines(data.get("lines", []), _channel_counts(devices), problems)
     purposes = _parse_purposes(data.get("purposes", _DEFAULT_PURPOSES), problems)
-    _check_purpose_refs(sections, {entry["name"] for entry in purposes}, problems)
+    for entry in purposes:
+        _check_retention_rule(f"purposes.{entry['name']}", entry, problems)
+    declared = [entry["name"] for entry in purposes]
+    _check_purpose_refs(sections, declared, problems)
+    _check_announced(lines, declared, problems)
     problems.raise_if_any()
     return _build(sections, devices, lines, purposes, base, path)
 

@@ -21,14 +21,17 @@ class Committed:
     agent: str | None
     reasons: tuple[str, ...]  # sampled, marked
     purposes: tuple[str, ...]
-    retention: Mapping[str, str]  # purpose -> retain_until (UTC, ISO 8601)
-    retain_until: str  # the latest of them
+    # purpose -> retain_until (UTC, ISO 8601); null for an until_resolved purpose without
+    # a cap, which only a resolve ends
+    retention: Mapping[str, str | None]
+    retain_until: str | None  # the latest of them; null when any is null
     path: str  # relative to state_dir
     sha256: str  # of the file as stored
     seconds: float
     rolled_seconds: float
     lost_seconds: float
     status_flags: int
+    ended: str | None = None  # when the call ended (absent from records of before 0.2)
 
     def to_log(self) -> dict[str, Any]:
         """The fields of ``call_committed``, in their order, as JSON values."""
@@ -40,7 +43,12 @@ class Committed:
     @classmethod
     def from_log(cls, data: Mapping[str, Any]) -> Committed:
         """From a log line or sidecar; KeyError or TypeError when one is missing or mistyped."""
-        values = {field: data[field] for field in COMMITTED_FIELDS}
+        values = {
+            field.name: data[field.name]
+            if field.default is dataclasses.MISSING
+            else data.get(field.name, field.default)
+            for field in dataclasses.fields(cls)
+        }
         for field in ("reasons", "purposes"):
             values[field] = tuple(values[field])
         values["retention"] = dict(values["retention"])

@@ -13,6 +13,7 @@ from hindsight.config import (
     LineConfig,
     MarkingConfig,
     PurposeConfig,
+    RetentionConfig,
     SamplingConfig,
     load_config,
     parse_config,
@@ -59,6 +60,45 @@ retention_days = 92
 legal_basis = "contract"
 retention_days = 730
 """
+
+# The contract's "Purposes and retention" example, verbatim but for the alignment of one comment.
+PURPOSES_EXAMPLE = """\
+[purposes.training]
+legal_basis = "legitimate-interest"
+retention_days = 7              # ends this long after the call ended; fractions allowed
+max_retention_days = 92 # optional: `extend` never goes past this, counted from the call's end
+
+[purposes.escalation]
+legal_basis = "legitimate-interest"
+until_resolved = true           # kept until `resolve`, then `grace_days` more (fractions allowed)
+grace_days = 30
+max_retention_days = 2555       # optional: even unresolved, due then (a legal hold still wins)
+
+[retention]
+purge_interval_seconds = 3600   # the daemon purges due recordings by itself this often
+
+[[lines]]
+name = "desk-01"
+channels = [1, 2]
+announced = ["training", "escalation"]   # purposes the caller is told of; default: every purpose
+"""
+
+DEFAULT_TRAINING = PurposeConfig(
+    name="training",
+    legal_basis="legitimate-interest",
+    retention_days=92.0,
+    until_resolved=False,
+    grace_days=0.0,
+    max_retention_days=None,
+)
+DEFAULT_ESCALATION = PurposeConfig(
+    name="escalation",
+    legal_basis="contract",
+    retention_days=730.0,
+    until_resolved=False,
+    grace_days=0.0,
+    max_retention_days=None,
+)
 
 ONE_LINE = """\
 [[lines]]
@@ -109,11 +149,16 @@ def test_contract_example_parses_to_documented_values(tmp_path: Path) -> None:
     assert isinstance(config.buffer.max_call_seconds, float)
     assert config.sampling == SamplingConfig(one_in=10, purpose="training")
     assert config.marking == MarkingConfig(purpose="escalation")
-    assert config.lines == (LineConfig(name="desk-01", device="default", channels=(1, 2)),)
-    assert config.purposes == (
-        PurposeConfig(name="training", legal_basis="legitimate-interest", retention_days=92),
-        PurposeConfig(name="escalation", legal_basis="contract", retention_days=730),
+    assert config.retention == RetentionConfig(purge_interval_seconds=3600.0)
+    assert config.lines == (
+        LineConfig(
+            name="desk-01",
+            device="default",
+            channels=(1, 2),
+            announced=("training", "escalation"),
+        ),
     )
+    assert config.purposes == (DEFAULT_TRAINING, DEFAULT_ESCALATION)
     assert config.path == path
 
 
@@ -126,7 +171,7 @@ def test_defaults_fill_everything_but_lines(tmp_path: Path) -> None:
 def test_lookups_by_name(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, ONE_LINE))
 
-    assert config.purpose("escalation") == PurposeConfig("escalation", "contract", 730)
+    assert config.purpose("escalation") == DEFAULT_ESCALATION
     assert config.purpose("nope") is None
     assert config.line("desk-01") == config.lines[0]
     assert config.line("desk-02") is None
@@ -391,18 +436,262 @@ def test_purpose_problems(tmp_path: Path) -> None:
     text = (
         ONE_LINE
         + '[purposes.training]\nlegal_basis = "because"\nretention_days = 0\n'
-        + '[purposes.escalation]\nlegal_basis = "contract"\n'
+        + "[purposes.escalation]\nretention_days = 1\n"
         + '[purposes."no way"]\nlegal_basis = "contract"\nretention_days = 1\n'
     )
 
     assert problems(tmp_path, text) == [
         "purposes.training.legal_basis: must be one of 'consent', 'contract', "
-        "'legal-obligation', 'vital-interests', 'public-task', 'legitimate-interest', "
-        "got 'because'",
-        "purposes.training.retention_days: must be between 1 and 36500, got 0",
-        "purposes.escalation.retention_days: required, but missing",
+        "'legal-obligation', 'vital-interests', 'public-task', 'legitimate-interests', "
+        "'legitimate-interest', got 'because'",
+        "purposes.training.retention_days: must be greater than 0 and at most 36500, got 0",
+        "purposes.escalation.legal_basis: required, but missing",
         "purposes: a purpose name must be 1 to 64 of the characters A-Z a-z 0-9 . _ - "
         "and not start with a dot, got 'no way'",
+    ]
+
+
+def test_the_purposes_and_retention_example_parses_to_documented_values(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, PURPOSES_EXAMPLE))
+
+    assert config.purposes == (
+        PurposeConfig(
+            name="training",
+            legal_basis="legitimate-interest",
+            retention_days=7.0,
+            until_resolved=False,
+            grace_days=0.0,
+            max_retention_days=92.0,
+        ),
+        PurposeConfig(
+            name="escalation",
+            legal_basis="legitimate-interest",
+            retention_days=None,
+            until_resolved=True,
+            grace_days=30.0,
+            max_retention_days=2555.0,
+        ),
+    )
+    assert config.retention == RetentionConfig(purge_interval_seconds=3600.0)
+    assert config.lines[0].announced == ("training", "escalation")
+
+
+def test_purpose_and_retention_defaults(tmp_path: Path) -> None:
+    text = ONE_LINE + '[purposes.training]\nlegal_basis = "consent"\nretention_days = 1\n'
+    text += '[marking]\npurpose = "training"\n'
+
+    config = load_config(write(tmp_path, text))
+
+    assert config.purposes == (
+        PurposeConfig(
+            name="training",
+            legal_basis="consent",
+            retention_days=1.0,
+            until_resolved=False,
+            grace_days=0.0,
+            max_retention_days=None,
+        ),
+    )
+    assert config.retention.purge_interval_seconds == 3600.0
+
+
+def test_default_purposes_are_training_and_escalation(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ONE_LINE))
+
+    assert config.purposes == (DEFAULT_TRAINING, DEFAULT_ESCALATION)
+
+
+def test_retention_days_takes_fractions(tmp_path: Path) -> None:
+    text = ONE_LINE + "[retention]\npurge_interval_seconds = 0.5\n"
+    text += '[sampling]\npurpose = "demo"\n[marking]\npurpose = "demo"\n'
+    text += '[purposes.demo]\nlegal_basis = "consent"\nretention_days = 0.0001\n'
+    text += "grace_days = 0.5\nmax_retention_days = 0.25\n"
+
+    config = load_config(write(tmp_path, text))
+
+    assert config.purposes[0].retention_days == 0.0001
+    assert config.purposes[0].grace_days == 0.5
+    assert config.purposes[0].max_retention_days == 0.25
+    assert config.retention.purge_interval_seconds == 0.5
+
+
+def purpose(keys: str) -> str:
+    """A file whose one purpose, ``only``, is made of ``keys`` and used for sampling and marks."""
+    uses = '[sampling]\npurpose = "only"\n[marking]\npurpose = "only"\n'
+    return ONE_LINE + uses + '[purposes.only]\nlegal_basis = "consent"\n' + keys
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (
+            "retention_days = -1\n",
+            "purposes.only.retention_days: must be greater than 0 and at most 36500, got -1",
+        ),
+        (
+            "retention_days = 0\n",
+            "purposes.only.retention_days: must be greater than 0 and at most 36500, got 0",
+        ),
+        (
+            "retention_days = 36501\n",
+            "purposes.only.retention_days: must be greater than 0 and at most 36500, got 36501",
+        ),
+        (
+            "until_resolved = true\ngrace_days = -0.5\n",
+            "purposes.only.grace_days: must be at least 0 and at most 36500, got -0.5",
+        ),
+        (
+            "until_resolved = true\nmax_retention_days = -3\n",
+            "purposes.only.max_retention_days: must be greater than 0 and at most 36500, got -3",
+        ),
+        (
+            "retention_days = 1\n[retention]\npurge_interval_seconds = -1\n",
+            "retention.purge_interval_seconds: must be greater than 0 and at most 43200, got -1",
+        ),
+        (
+            "retention_days = 1\n[retention]\npurge_interval_seconds = 0\n",
+            "retention.purge_interval_seconds: must be greater than 0 and at most 43200, got 0",
+        ),
+        (
+            "retention_days = 1\n[retention]\npurge_interval_seconds = 86400\n",
+            "retention.purge_interval_seconds: must be greater than 0 and at most 43200, got 86400",
+        ),
+    ],
+)
+def test_negative_zero_and_too_large_numbers_are_refused(
+    tmp_path: Path, keys: str, expected: str
+) -> None:
+    assert problems(tmp_path, purpose(keys)) == [expected]
+
+
+def test_grace_days_may_be_zero(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, purpose("until_resolved = true\ngrace_days = 0\n")))
+
+    assert config.purposes[0].grace_days == 0.0
+
+
+def test_a_purpose_with_both_retention_rules_is_refused(tmp_path: Path) -> None:
+    text = purpose("retention_days = 7\nuntil_resolved = true\n")
+
+    assert problems(tmp_path, text) == [
+        "purposes.only: has both retention_days and until_resolved = true; give exactly one"
+    ]
+
+
+@pytest.mark.parametrize("keys", ["", "until_resolved = false\n", "grace_days = 3\n"])
+def test_a_purpose_with_neither_retention_rule_is_refused(tmp_path: Path, keys: str) -> None:
+    assert problems(tmp_path, purpose(keys)) == [
+        "purposes.only: needs retention_days or until_resolved = true (exactly one of them)"
+    ]
+
+
+def test_a_broken_retention_rule_is_reported_once(tmp_path: Path) -> None:
+    text = purpose('retention_days = "7"\nuntil_resolved = "yes"\nmax_retention_days = 1\n')
+
+    assert problems(tmp_path, text) == [
+        "purposes.only.retention_days: expected a number, got str '7'",
+        "purposes.only.until_resolved: expected true or false, got str 'yes'",
+    ]
+
+
+def test_until_resolved_purpose_has_no_retention_days(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, purpose("until_resolved = true\ngrace_days = 30\n")))
+
+    assert config.purposes[0].retention_days is None
+    assert config.purposes[0].until_resolved is True
+    assert config.purposes[0].grace_days == 30.0
+
+
+def test_grace_days_is_allowed_with_retention_days(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, purpose("retention_days = 7\ngrace_days = 2\n")))
+
+    assert config.purposes[0].grace_days == 2.0
+
+
+def test_max_retention_days_must_not_be_below_retention_days(tmp_path: Path) -> None:
+    equal = purpose("retention_days = 7\nmax_retention_days = 7\n")
+    below = purpose("retention_days = 7.5\nmax_retention_days = 7\n")
+
+    assert load_config(write(tmp_path, equal)).purposes[0].max_retention_days == 7.0
+    assert problems(tmp_path, below) == [
+        "purposes.only.max_retention_days: must be at least retention_days (7.5), got 7"
+    ]
+
+
+@pytest.mark.parametrize(
+    "basis",
+    [
+        "consent",
+        "contract",
+        "legal-obligation",
+        "vital-interests",
+        "public-task",
+        "legitimate-interests",
+        "legitimate-interest",
+    ],
+)
+def test_every_gdpr_legal_basis_is_accepted(tmp_path: Path, basis: str) -> None:
+    text = purpose("retention_days = 1\n").replace('"consent"', f'"{basis}"')
+
+    assert load_config(write(tmp_path, text)).purposes[0].legal_basis == basis
+
+
+def test_a_legal_basis_typo_suggests_the_nearest(tmp_path: Path) -> None:
+    text = purpose("retention_days = 1\n").replace('"consent"', '"contrakt"')
+
+    [problem] = problems(tmp_path, text)
+
+    assert problem.startswith("purposes.only.legal_basis: must be one of 'consent', ")
+    assert problem.endswith(", got 'contrakt' (did you mean 'contract'?)")
+
+
+def test_announced_defaults_to_every_declared_purpose(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, PURPOSES_EXAMPLE.replace("announced = ", "# ")))
+
+    assert config.lines[0].announced == ("training", "escalation")
+
+
+def test_announced_keeps_the_given_order_and_may_be_a_subset(tmp_path: Path) -> None:
+    text = ONE_LINE + 'announced = ["escalation"]\n'
+
+    assert load_config(write(tmp_path, text)).lines[0].announced == ("escalation",)
+
+
+def test_announced_may_be_empty(tmp_path: Path) -> None:
+    text = ONE_LINE + "announced = []\n"
+
+    assert load_config(write(tmp_path, text)).lines[0].announced == ()
+
+
+def test_an_undeclared_announced_purpose_suggests_a_spelling(tmp_path: Path) -> None:
+    text = ONE_LINE + 'announced = ["trainig", "escalation", "zzz"]\n'
+
+    assert problems(tmp_path, text) == [
+        "lines[0].announced: 'trainig' is not declared under [purposes] (did you mean 'training'?)",
+        "lines[0].announced: 'zzz' is not declared under [purposes]",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('["training", "training"]', "lines[0].announced: 'training' is listed twice"),
+        ('"training"', "lines[0].announced: expected a list of strings, got str 'training'"),
+        ('["training", 1]', "lines[0].announced: item 1: expected a string, got int 1"),
+        ('[".x"]', "lines[0].announced: item 0: must be 1 to 64 of the characters"),
+    ],
+)
+def test_announced_must_be_a_list_of_distinct_ids(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    [problem] = problems(tmp_path, ONE_LINE + f"announced = {value}\n")
+
+    assert problem.startswith(expected)
+
+
+def test_an_unknown_retention_key_suggests_a_spelling(tmp_path: Path) -> None:
+    assert problems(tmp_path, "[retention]\npurge_interval = 60\n" + ONE_LINE) == [
+        "retention.purge_interval: unknown key (did you mean 'purge_interval_seconds'?)"
     ]
 
 
@@ -488,7 +777,9 @@ def test_multi_device_form(tmp_path: Path) -> None:
         DeviceConfig(name="left", device=None, channels=2),
         DeviceConfig(name="right", device=3, channels=4),
     )
-    assert config.lines == (LineConfig(name="a", device="right", channels=(4, 3)),)
+    assert config.lines == (
+        LineConfig(name="a", device="right", channels=(4, 3), announced=("training", "escalation")),
+    )
     assert config.device(config.lines[0].device).device == 3
 
 

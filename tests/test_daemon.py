@@ -66,9 +66,13 @@ def test_a_marked_call_is_the_input_sample_for_sample(tmp_path: Path) -> None:
         "escalation": {
             "legal_basis": "contract",
             "retention_days": 730,
+            "until_resolved": False,
+            "grace_days": 0.0,
+            "max_retention_days": None,
             "retain_until": committed["retain_until"],
         }
     }
+    assert sidecar["announced"] == ["training", "escalation"] and sidecar["pauses"] == []
     kept_for = parse_iso(committed["retain_until"]) - parse_iso(sidecar["end"])
     assert abs(kept_for - timedelta(days=730)) < timedelta(seconds=5)
     assert audit.verify(d.state).ok

@@ -51,9 +51,17 @@ class Call:
     samplerate: int
     ended: datetime | None = None
     marks: list[MarkEvent] = field(default_factory=list)
+    announced: tuple[str, ...] = ()  # purposes the caller was told of; none: never buffered
     status_flags: int = 0  # blocks PortAudio flagged (overflow and the like)
     gap_frames: int = 0  # frames a failed device did not deliver (silence in the file)
     gaps: list[list[int]] = field(default_factory=list)  # [first frame, frames] of each gap
+    paused: bool = False  # on hold, a card payment: silence instead of audio
+    pauses: list[list[int]] = field(default_factory=list)  # [first frame, frames] of each
+
+    @property
+    def buffered(self) -> bool:
+        """A call the caller was told nothing of never has its audio in memory."""
+        return bool(self.announced)
 
     @property
     def marked(self) -> bool:
@@ -212,16 +220,43 @@ class CallTable:
 
     # -- control loop -------------------------------------------------------
 
-    def start(self, line: str, call_id: str | None, agent: str | None) -> Call:
+    def start(
+        self,
+        line: str,
+        call_id: str | None,
+        agent: str | None,
+        announced: tuple[str, ...] | None = None,
+    ) -> Call:
+        """A call begins; ``announced`` (else the line's list) names what the caller was told."""
         slot = self._slot(line)
+        config = self._lines[slot]
+        call = self._new_call(config, call_id or "", agent, _announced(config, announced))
         with self.lock:
             if self._slots[slot] is not None:
                 raise ProtocolError("call_active", f"line {line} already has a live call")
-            call_id = call_id or self._fresh_id()
-            if call_id in self._known_ids:
-                raise ProtocolError("bad_request", f"call id {call_id} was already used")
-            call = self._new_call(self._lines[slot], call_id, agent)
+            call.call_id = call_id or self._fresh_id()
+            if call.call_id in self._known_ids:
+                raise ProtocolError("bad_request", f"call id {call.call_id} was already used")
             self._slots[slot] = call
+        return call
+
+    def pause(self, line: str) -> Call:
+        """From now on the call gets silence instead of audio (on hold, a card payment)."""
+        return self._set_paused(line, True)
+
+    def resume(self, line: str) -> Call:
+        return self._set_paused(line, False)
+
+    def _set_paused(self, line: str, paused: bool) -> Call:
+        slot = self._slot(line)
+        with self.lock:
+            call = self._slots[slot]
+            if call is None:
+                raise ProtocolError("no_call", f"line {line} has no live call")
+            if call.paused == paused:
+                state = "paused" if paused else "not paused"
+                raise ProtocolError("not_allowed", f"the call on line {line} is {state} already")
+            call.paused = paused
         return call
 
     def end(self, line: str) -> Call:
@@ -308,10 +343,15 @@ class CallTable:
             call_id = new_call_id(utcnow())
         return call_id
 
-    def _new_call(self, line: LineConfig, call_id: str, agent: str | None) -> Call:
+    def _new_call(
+        self, line: LineConfig, call_id: str, agent: str | None, announced: tuple[str, ...]
+    ) -> Call:
         buffer = CallBuffer(self.pool, len(line.channels), self._max_frames)
         rate = self.config.audio.samplerate
-        return Call(call_id, line, agent, utcnow(), self._draw(), buffer, rate)
+        # Drawn for every call, announced or not, so that nothing about the draw varies;
+        # it counts only when the caller was told of the sampling purpose.
+        drawn = self._draw() and self.config.sampling.purpose in announced
+        return Call(call_id, line, agent, utcnow(), drawn, buffer, rate, announced=announced)
 
     @staticmethod
     def _line_status(line: LineConfig, seen: LineSnapshot | None) -> LineStatus:
@@ -328,28 +368,24 @@ class CallTable:
         with self.lock:
             for route in self._routes[device]:
                 call = self._slots[route.slot]
-                if call is not None:
+                if call is None or not call.buffered:
+                    continue
+                if call.paused:
+                    _note_run(call.pauses, call.buffer.total_frames, len(block))
+                    self._append_silence(route.slot, call, len(block))
+                else:
                     self._append(route.slot, call, block, route.columns)
-                    call.status_flags += flagged
+                call.status_flags += flagged
 
     def fill_silence(self, device: str, frames: int) -> None:
         """Extend the live calls of ``device``'s lines by ``frames`` of silence: audio was lost."""
         with self.lock:
             for route in self._routes[device]:
                 call = self._slots[route.slot]
-                if call is not None:
-                    self._note_gap(call, frames)
+                if call is not None and call.buffered:
+                    _note_run(call.gaps, call.buffer.total_frames, frames)
+                    call.gap_frames += frames
                     self._append_silence(route.slot, call, frames)
-
-    @staticmethod
-    def _note_gap(call: Call, frames: int) -> None:
-        at = call.buffer.total_frames
-        last = call.gaps[-1] if call.gaps else None
-        if last is not None and last[0] + last[1] == at:
-            last[1] += frames  # the same outage, one supervisor tick later
-        else:
-            call.gaps.append([at, frames])
-        call.gap_frames += frames
 
     def _append(
         self, slot: int, call: Call, block: Int16Array, columns: slice | tuple[int, ...]
@@ -423,3 +459,18 @@ class CallTable:
         self._unkept.remove(slot)
         self._kept.remove(slot)
         self._ranked_chunks[slot] = 0
+
+
+def _announced(line: LineConfig, given: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The start request's list wins over the line's."""
+    return line.announced if given is None else given
+
+
+def _note_run(runs: list[list[int]], at: int, frames: int) -> None:
+    """Add ``frames`` at frame ``at`` to ``runs`` ([first frame, frames]), merging with the last
+    run when it ends there (the same outage or pause, one block later). No allocation then."""
+    last = runs[-1] if runs else None
+    if last is not None and last[0] + last[1] == at:
+        last[1] += frames
+    else:
+        runs.append([at, frames])

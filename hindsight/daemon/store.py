@@ -30,7 +30,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,7 +38,7 @@ import soundfile as sf
 
 from hindsight import __version__
 from hindsight.clock import iso
-from hindsight.config import Config
+from hindsight.config import Config, PurposeConfig
 from hindsight.daemon.buffer import Int16Array
 from hindsight.daemon.calls import Call
 from hindsight.durable import fsync_dir, make_dirs
@@ -178,6 +178,7 @@ def describe(call: Call, config: Config) -> Keep:
     assert call.ended is not None
     retention = _retention(call, config)
     rate = call.samplerate
+    ends = list(retention.values())
     fields = {
         "call_id": call.call_id,
         "line": call.line.name,
@@ -185,38 +186,50 @@ def describe(call: Call, config: Config) -> Keep:
         "reasons": reasons(call),
         "purposes": list(retention),
         "retention": retention,
-        "retain_until": max(retention.values()),
+        "retain_until": None if None in ends else max(e for e in ends if e is not None),
         "seconds": round(call.buffer.kept_frames / rate, 3),
         "rolled_seconds": round(call.buffer.rolled_total / rate, 3),
         "lost_seconds": round(call.gap_frames / rate, 3),
         "status_flags": call.status_flags,
+        "ended": iso(call.ended),
     }
     channels = len(call.line.channels)
     extra = _sidecar_extra(call, config, retention)
     return Keep(call.call_id, day_folder(call.started), rate, channels, fields, extra)
 
 
-def _retention(call: Call, config: Config) -> dict[str, str]:
+def retain_until(purpose: PurposeConfig, ended: datetime) -> datetime | None:
+    """When a purpose of a call that ended at ``ended`` is served: a fixed time after the
+    end, or (until_resolved) never before a resolve, except at its cap."""
+    days = purpose.max_retention_days if purpose.until_resolved else purpose.retention_days
+    return None if days is None else ended + timedelta(days=days)
+
+
+def _retention(call: Call, config: Config) -> dict[str, str | None]:
     assert call.ended is not None
-    retention = {}
+    retention: dict[str, str | None] = {}
     for name in purposes(call, config.sampling.purpose):
         purpose = config.purpose(name)
         assert purpose is not None
-        retention[name] = iso(call.ended + timedelta(days=purpose.retention_days))
+        until = retain_until(purpose, call.ended)
+        retention[name] = None if until is None else iso(until)
     return retention
 
 
-def _sidecar_extra(call: Call, config: Config, retention: dict[str, str]) -> dict[str, Any]:
+def _sidecar_extra(call: Call, config: Config, retention: dict[str, str | None]) -> dict[str, Any]:
     assert call.ended is not None
     rate = call.samplerate
     terms = {}
-    for name, retain_until in retention.items():
+    for name, until in retention.items():
         purpose = config.purpose(name)
         assert purpose is not None
         terms[name] = {
             "legal_basis": purpose.legal_basis,
             "retention_days": purpose.retention_days,
-            "retain_until": retain_until,
+            "until_resolved": purpose.until_resolved,
+            "grace_days": purpose.grace_days,
+            "max_retention_days": purpose.max_retention_days,
+            "retain_until": until,
         }
     return {
         "start": iso(call.started),
@@ -226,14 +239,17 @@ def _sidecar_extra(call: Call, config: Config, retention: dict[str, str]) -> dic
         "device": call.line.device,
         "device_channels": list(call.line.channels),
         "format": "FLAC/PCM_16",
+        "announced": list(call.announced),
         "purpose_terms": terms,
         "marks": [{"purpose": m.purpose, "time": iso(m.time), "note": m.note} for m in call.marks],
-        "gaps": [
-            {"at_seconds": round(at / rate, 3), "seconds": round(n / rate, 3)}
-            for at, n in call.gaps
-        ],
+        "gaps": _runs(call.gaps, rate),
+        "pauses": _runs(call.pauses, rate),
         "hindsight_version": __version__,
     }
+
+
+def _runs(runs: list[list[int]], rate: int) -> list[dict[str, float]]:
+    return [{"at_seconds": round(at / rate, 3), "seconds": round(n / rate, 3)} for at, n in runs]
 
 
 def reasons(call: Call) -> list[str]:
