@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -251,6 +251,7 @@ class CommitLog:
         self._chain = chain
         self._calls = calls
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[Mapping[str, Any]], None]] = []
         self._closed = False
         self._broken: str | None = None
         self.call_ids: set[str] = calls.ids
@@ -288,7 +289,14 @@ class CommitLog:
             self._write(data)
             self._chain.seq, self._chain.hash = entry["seq"], entry["hash"]
             self._calls.note(entry)
+            for listener in self._listeners:
+                listener(entry)
             return entry
+
+    def listen(self, listener: Callable[[Mapping[str, Any]], None]) -> None:
+        """Call ``listener`` with every entry appended from now on, in log order, under the
+        log's lock: state kept beside the log (the retention ledger) never misses a line."""
+        self._listeners.append(listener)
 
     def _check_writable(self, event: str, fields: Mapping[str, Any]) -> None:
         if self._closed:

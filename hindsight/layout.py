@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path, PurePath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, TypeVar
 
 from hindsight.durable import file_sha256
@@ -39,6 +39,15 @@ def recording_path(state_dir: Path, folder: str, call_id: str) -> Path:
 def sidecar_path(recording: AnyPath, call_id: str) -> AnyPath:
     """The sidecar beside ``recording``."""
     return recording.parent / f"{call_id}.json"
+
+
+def inside(state_dir: Path, relative: str) -> Path | None:
+    """``state_dir / relative`` when ``relative`` names a place under recordings/ (as every
+    logged path does), else None: a path from the log is never followed out of it."""
+    parts = PurePosixPath(relative).parts
+    if not parts or parts[0] != RECORDINGS or ".." in parts or relative.startswith("/"):
+        return None
+    return state_dir.joinpath(*parts)
 
 
 def landed(

@@ -4,9 +4,12 @@ One request is one frame of UTF-8 JSON holding an object with an ``op``. Every
 request, however malformed, maps to exactly one reply: either a parsed
 request dataclass or a ``ProtocolError`` that ``error_reply`` turns into the
 contract's ``{"ok": false, "error": {...}}``. Unknown fields are ignored, so
-that newer clients can talk to older daemons. Every id (line, call_id, agent,
-purpose) is ``config.ID_PATTERN``, which refuses a leading dot: a call id names
-its recording's file, and must never name a hidden one, ``.`` or ``..``.
+that newer clients can talk to older daemons, and an optional field set to
+null counts as absent. Every id (line, call_id, agent, purpose) is
+``config.ID_PATTERN``, which refuses a leading dot: a call id names its
+recording's file, and must never name a hidden one, ``.`` or ``..``. Free text
+(caller, note, actor, reason) is printable: no line breaks that could forge a
+line in a log. Lists become tuples, so that every request is immutable.
 """
 
 from __future__ import annotations
@@ -22,12 +25,17 @@ from hindsight.errors import ProtocolError
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_NOTE_CHARS = 2000
 MAX_CALLER_CHARS = 64
+MAX_ANNOUNCED = 32
+MAX_ACTOR_CHARS = 200
+MAX_REASON_CHARS = 200
+MAX_EXTEND_DAYS = 36500
 ERROR_CODES = frozenset(
     {
         "bad_request",
         "unknown_op",
         "unknown_line",
         "unknown_purpose",
+        "unknown_call",
         "no_call",
         "call_active",
         "not_allowed",
@@ -47,10 +55,22 @@ class Start:
     call_id: str | None = None
     agent: str | None = None
     caller: str | None = None
+    # None: not given, the line's list applies; (): the caller was told of no purpose.
+    announced: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class End:
+    line: str
+
+
+@dataclass(frozen=True)
+class Pause:
+    line: str
+
+
+@dataclass(frozen=True)
+class Resume:
     line: str
 
 
@@ -66,7 +86,71 @@ class Status:
     pass
 
 
-Request = Ping | Start | End | Mark | Status
+@dataclass(frozen=True)
+class Recordings:
+    purpose: str | None = None
+    caller: str | None = None
+
+
+@dataclass(frozen=True)
+class Resolve:
+    call_id: str
+    purpose: str
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Extend:
+    call_id: str
+    purpose: str
+    days: float
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    call_id: str
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Release:
+    call_id: str
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Erase:
+    call_id: str
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Purge:
+    dry_run: bool = False
+
+
+Request = (
+    Ping
+    | Start
+    | End
+    | Mark
+    | Status
+    | Pause
+    | Resume
+    | Recordings
+    | Resolve
+    | Extend
+    | Hold
+    | Release
+    | Erase
+    | Purge
+)
 
 
 def parse_request(frame: bytes) -> Request:
@@ -96,6 +180,7 @@ def _parse_start(m: Mapping[str, Any]) -> Start:
         call_id=_optional_id(m, "call_id"),
         agent=_optional_id(m, "agent"),
         caller=_optional_text(m, "caller", MAX_CALLER_CHARS),
+        announced=_optional_ids(m, "announced", MAX_ANNOUNCED),
     )
 
 
@@ -107,29 +192,80 @@ def _parse_mark(m: Mapping[str, Any]) -> Mark:
     )
 
 
+def _parse_recordings(m: Mapping[str, Any]) -> Recordings:
+    return Recordings(
+        purpose=_optional_id(m, "purpose"),
+        caller=_optional_text(m, "caller", MAX_CALLER_CHARS),
+    )
+
+
+def _parse_resolve(m: Mapping[str, Any]) -> Resolve:
+    call_id, purpose = _id(m, "call_id"), _id(m, "purpose")
+    return Resolve(call_id, purpose, *_signature(m))
+
+
+def _parse_extend(m: Mapping[str, Any]) -> Extend:
+    call_id, purpose = _id(m, "call_id"), _id(m, "purpose")
+    days = _days(m, "days", MAX_EXTEND_DAYS)
+    return Extend(call_id, purpose, days, *_signature(m))
+
+
+def _signature(m: Mapping[str, Any]) -> tuple[str, str]:
+    """Who asks for a change to a recording, and why: both go to the commit log."""
+    return _text(m, "actor", MAX_ACTOR_CHARS), _text(m, "reason", MAX_REASON_CHARS)
+
+
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], Request]] = {
     "ping": lambda m: Ping(),
     "start": _parse_start,
     "end": lambda m: End(line=_id(m, "line")),
     "mark": _parse_mark,
     "status": lambda m: Status(),
+    "pause": lambda m: Pause(line=_id(m, "line")),
+    "resume": lambda m: Resume(line=_id(m, "line")),
+    "recordings": _parse_recordings,
+    "resolve": _parse_resolve,
+    "extend": _parse_extend,
+    "hold": lambda m: Hold(_id(m, "call_id"), *_signature(m)),
+    "release": lambda m: Release(_id(m, "call_id"), *_signature(m)),
+    "erase": lambda m: Erase(_id(m, "call_id"), *_signature(m)),
+    "purge": lambda m: Purge(dry_run=_optional_bool(m, "dry_run")),
 }
 
 
-def _id(m: Mapping[str, Any], key: str) -> str:
-    if key not in m:
+def _required(m: Mapping[str, Any], key: str) -> Any:
+    value = m.get(key)
+    if value is None:
         raise ProtocolError("bad_request", f"field '{key}' is required")
-    value = m[key]
+    return value
+
+
+def _id(m: Mapping[str, Any], key: str) -> str:
+    return _checked_id(_required(m, key), f"field '{key}'")
+
+
+def _checked_id(value: object, name: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise ProtocolError(
-            "bad_request",
-            f"field '{key}' must match [A-Za-z0-9._-]{{1,64}} and not start with a dot",
+            "bad_request", f"{name} must match [A-Za-z0-9._-]{{1,64}} and not start with a dot"
         )
     return value
 
 
 def _optional_id(m: Mapping[str, Any], key: str) -> str | None:
     return None if m.get(key) is None else _id(m, key)
+
+
+def _optional_ids(m: Mapping[str, Any], key: str, limit: int) -> tuple[str, ...] | None:
+    value = m.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > limit:
+        raise ProtocolError("bad_request", f"field '{key}' must be a list of at most {limit} ids")
+    ids = tuple(_checked_id(item, f"field '{key}[{i}]'") for i, item in enumerate(value))
+    if len(set(ids)) != len(ids):
+        raise ProtocolError("bad_request", f"field '{key}' must not name an id twice")
+    return ids
 
 
 def _optional_text(m: Mapping[str, Any], key: str, limit: int) -> str | None:
@@ -140,6 +276,40 @@ def _optional_text(m: Mapping[str, Any], key: str, limit: int) -> str | None:
         raise ProtocolError(
             "bad_request", f"field '{key}' must be printable text of at most {limit} characters"
         )
+    return value
+
+
+def _text(m: Mapping[str, Any], key: str, limit: int) -> str:
+    value = _required(m, key)
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > limit
+        or not value.isprintable()
+    ):
+        raise ProtocolError(
+            "bad_request",
+            f"field '{key}' must be printable text of 1 to {limit} characters, not only spaces",
+        )
+    return value
+
+
+def _days(m: Mapping[str, Any], key: str, limit: int) -> float:
+    value = _required(m, key)
+    # bool is an int to Python, never to a client; NaN fails the comparison, infinity the limit.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= limit:
+        raise ProtocolError(
+            "bad_request", f"field '{key}' must be a number of days more than 0 and at most {limit}"
+        )
+    return float(value)
+
+
+def _optional_bool(m: Mapping[str, Any], key: str) -> bool:
+    value = m.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ProtocolError("bad_request", f"field '{key}' must be true or false")
     return value
 
 

@@ -10,8 +10,10 @@ from hindsight.commitlog import CommitLog, read_entries
 from hindsight.config import parse_config
 from hindsight.daemon.buffer import Pool
 from hindsight.daemon.calls import Call, CallTable
+from hindsight.daemon.lifecycle import Lifecycle
 from hindsight.daemon.service import Service
 from hindsight.errors import CommitLogError
+from hindsight.retention import Ledger
 
 
 class FullDiskLog(CommitLog):
@@ -21,6 +23,11 @@ class FullDiskLog(CommitLog):
         if self.full:
             raise CommitLogError("commit.log: cannot append (No space left on device)")
         return super().append(event, **fields)
+
+
+class Deletions:
+    def delete(self, call_id: str, path: str) -> None:
+        raise AssertionError("nothing is deleted here")
 
 
 class Ended:
@@ -42,7 +49,8 @@ def service(tmp_path: Path) -> tuple[Service, FullDiskLog, Ended]:
     log = FullDiskLog.open(tmp_path / "commit.log")
     ended = Ended()
     table = CallTable(config, Pool(1), draw=lambda: False)
-    svc = Service(config, table, ended, log, lambda: {"default": "running"})
+    lifecycle = Lifecycle(config, Ledger(), log, Deletions())
+    svc = Service(config, table, ended, log, lambda: {"default": "running"}, lifecycle)
     return svc, log, ended
 
 

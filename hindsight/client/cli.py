@@ -17,11 +17,18 @@ from typing import Any
 
 from hindsight import __version__, audit
 from hindsight.client import simulate
-from hindsight.client.options import connection_options, endpoint_of
-from hindsight.client.transport import request
+from hindsight.client.options import (
+    actor_of,
+    connection_options,
+    days,
+    endpoint_of,
+    signature_options,
+)
+from hindsight.client.transport import EXIT_REFUSED, request
 from hindsight.errors import ClientError, HindsightError
 
 Command = Callable[[argparse.Namespace], int]
+Adder = Callable[[str, Command, str], argparse.ArgumentParser]
 
 
 def call(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +39,18 @@ def _without_none(**fields: Any) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
+def _field(reply: dict[str, Any], key: str) -> Any:
+    if key not in reply:
+        raise ClientError(f"the daemon's reply lacks '{key}'", EXIT_REFUSED)
+    return reply[key]
+
+
+def _answer(args: argparse.Namespace, payload: dict[str, Any], key: str) -> int:
+    """Send ``payload`` and print the reply's ``key``: a call id, a retention date."""
+    print(_field(call(args, payload), key))
+    return 0
+
+
 def cmd_ping(args: argparse.Namespace) -> int:
     reply = call(args, {"op": "ping"})
     print(f"hindsightd {reply.get('version', '?')} is up")
@@ -40,21 +59,92 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     payload = _without_none(
-        op="start", line=args.line, call_id=args.call_id, agent=args.agent, caller=args.caller
+        op="start",
+        line=args.line,
+        call_id=args.call_id,
+        agent=args.agent,
+        caller=args.caller,
+        # [] and "not given" differ: [] means the caller was told of no purpose.
+        announced=[] if args.announce_none else args.announce,
     )
-    print(call(args, payload)["call_id"])
-    return 0
+    return _answer(args, payload, "call_id")
 
 
 def cmd_end(args: argparse.Namespace) -> int:
-    print(call(args, {"op": "end", "line": args.line})["call_id"])
-    return 0
+    return _answer(args, {"op": "end", "line": args.line}, "call_id")
 
 
 def cmd_mark(args: argparse.Namespace) -> int:
     payload = _without_none(op="mark", line=args.line, purpose=args.purpose, note=args.note)
-    print(call(args, payload)["call_id"])
+    return _answer(args, payload, "call_id")
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    return _answer(args, {"op": "pause", "line": args.line}, "call_id")
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _answer(args, {"op": "resume", "line": args.line}, "call_id")
+
+
+def _signed(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]:
+    """A request that changes a recording: it names who asks and why."""
+    return {
+        "op": op,
+        "call_id": args.call,
+        **fields,
+        "actor": actor_of(args),
+        "reason": args.reason,
+    }
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    return _answer(args, _signed(args, "resolve", purpose=args.purpose), "retain_until")
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    payload = _signed(args, "extend", purpose=args.purpose, days=args.days)
+    return _answer(args, payload, "retain_until")
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    return _answer(args, _signed(args, "hold"), "call_id")
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    return _answer(args, _signed(args, "release"), "call_id")
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    return _answer(args, _signed(args, "erase"), "call_id")
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    deleted = _field(call(args, {"op": "purge", "dry_run": args.dry_run}), "deleted")
+    print("\n".join(deleted) if deleted else "no recording is due")
     return 0
+
+
+def cmd_recordings(args: argparse.Namespace) -> int:
+    payload = _without_none(op="recordings", purpose=args.purpose, caller=args.caller)
+    recordings = _field(call(args, payload), "recordings")
+    print(json.dumps(recordings, indent=2) if args.json else render_recordings(recordings))
+    return 0
+
+
+def render_recordings(recordings: Sequence[dict[str, Any]]) -> str:
+    """One row per purpose of each recording, so that a call id finds all of its rows."""
+    if not recordings:
+        return "no recordings"
+    rows = [("CALL", "LINE", "AGENT", "PURPOSE", "RETAIN UNTIL", "RESOLVED", "HELD")]
+    for rec in recordings:
+        common = (str(rec.get("call_id")), str(rec.get("line")), rec.get("agent") or "-")
+        held = "yes" if rec.get("held") else "no"
+        for name, purpose in sorted((rec.get("purposes") or {"-": {}}).items()):
+            until = purpose.get("retain_until") or "-"
+            resolved = "yes" if purpose.get("resolved") else "no"
+            rows.append((*common, name, str(until), resolved, held))
+    return _table(rows)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -133,15 +223,59 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--call-id")
     start.add_argument("--agent")
     start.add_argument("--caller", help="the caller's number (validated, never stored)")
+    told = start.add_mutually_exclusive_group()
+    told.add_argument(
+        "--announce",
+        action="append",
+        metavar="P",
+        help="a purpose the caller was told of (repeatable); replaces the line's list",
+    )
+    told.add_argument(
+        "--announce-none", action="store_true", help="the caller was told of no purpose"
+    )
     add("end", cmd_end, "the call on LINE ends").add_argument("line")
     mark = add("mark", cmd_mark, "the retroactive record key: keep the whole current call")
     mark.add_argument("line")
     mark.add_argument("--purpose")
     mark.add_argument("--note", help="kept with the recording, never in the log")
+    add("pause", cmd_pause, "the call on LINE is paused: its audio is not kept").add_argument(
+        "line"
+    )
+    add("resume", cmd_resume, "the call on LINE is recorded again").add_argument("line")
     add("status", cmd_status, "live lines and calls").add_argument("--json", action="store_true")
+    _add_retention(add)
     simulate.add_parser(add("simulate", simulate.run, "drive a simulated call floor"))
     _add_audit(commands)
     return parser
+
+
+def _add_retention(add: Adder) -> None:
+    recordings = add("recordings", cmd_recordings, "the recordings that exist now")
+    recordings.add_argument("--purpose", help="only those kept for this purpose")
+    recordings.add_argument("--caller", help="only this caller's (a subject access request)")
+    recordings.add_argument("--json", action="store_true")
+    resolve = _add_change(
+        add, "resolve", cmd_resolve, "a purpose of CALL is served; prints its new retain_until"
+    )
+    resolve.add_argument("--purpose", required=True)
+    extend = _add_change(
+        add, "extend", cmd_extend, "keep CALL longer for a purpose; prints its new retain_until"
+    )
+    extend.add_argument("--purpose", required=True)
+    extend.add_argument("--days", type=days, required=True, help="counted from now")
+    _add_change(add, "hold", cmd_hold, "put CALL under legal hold: nothing deletes it")
+    _add_change(add, "release", cmd_release, "lift the legal hold on CALL")
+    _add_change(add, "erase", cmd_erase, "delete CALL now (an erasure request)")
+    purge = add("purge", cmd_purge, "delete the recordings that are due; prints their ids")
+    purge.add_argument("--dry-run", action="store_true", help="only list what would go")
+
+
+def _add_change(add: Adder, name: str, run: Command, help: str) -> argparse.ArgumentParser:
+    """A command that changes the recording CALL, and says who asks and why."""
+    sub = add(name, run, help)
+    sub.add_argument("call", metavar="CALL")
+    signature_options(sub)
+    return sub
 
 
 def _add_audit(commands: Any) -> None:

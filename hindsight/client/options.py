@@ -1,11 +1,14 @@
-"""Options shared by every command that talks to the daemon, and how they find it."""
+"""Options shared by the commands that talk to the daemon, how they find it, and who asks."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 
 from hindsight.config import read_control_endpoint, resolve_config_path
 from hindsight.errors import ClientError, ConfigError
+from hindsight.protocol import MAX_EXTEND_DAYS
 
 EXIT_USAGE = 2
 DEFAULT_TIMEOUT = 2.0
@@ -22,6 +25,35 @@ def timeout_seconds(text: str) -> float:
     if not 0 < value <= MAX_TIMEOUT:  # also false for nan
         raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TIMEOUT:g} s")
     return value
+
+
+def days(text: str) -> float:
+    """A finite number of days, more than 0 and at most the protocol's limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not 0 < value <= MAX_EXTEND_DAYS:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_EXTEND_DAYS} days")
+    return value
+
+
+def signature_options(parser: argparse.ArgumentParser) -> None:
+    """--actor and --reason: who asks for a change to a recording and why, for the commit log."""
+    parser.add_argument("--actor", help="who asks (default: the login name)")
+    parser.add_argument("--reason", required=True, help="why, e.g. a ticket or case number")
+
+
+def actor_of(args: argparse.Namespace) -> str:
+    return str(args.actor) if args.actor is not None else login_name()
+
+
+def login_name() -> str:
+    """The user running the client; the uid as text where the system knows no name for it."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # KeyError from pwd before Python 3.13, OSError since
+        return str(os.getuid())
 
 
 def connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:

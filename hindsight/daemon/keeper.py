@@ -173,6 +173,24 @@ class Job:
 
 
 @dataclass
+class DeleteJob:
+    """A recording whose deletion is logged, on its way off the disk."""
+
+    number: int
+    call_id: str
+    path: str
+    delay: float
+    due: float = 0.0
+    writes = False
+
+    def message(self) -> dict[str, Any]:
+        return {"kind": "delete", "job": self.number, "call_id": self.call_id, "path": self.path}
+
+
+Work = Job | DeleteJob
+
+
+@dataclass
 class _Link:
     """The current worker and what the keeper knows of it."""
 
@@ -180,7 +198,7 @@ class _Link:
     generation: int
     born: float
     heard: float
-    busy: Job | None = None
+    busy: Work | None = None
 
 
 @dataclass
@@ -193,8 +211,8 @@ class _Restart:
 @dataclass
 class _State:
     waiting: list[tuple[float, Call]] = field(default_factory=list)  # (due, call): settle delay
-    ready: deque[Job] = field(default_factory=deque)
-    retries: list[Job] = field(default_factory=list)
+    ready: deque[Work] = field(default_factory=deque)
+    retries: list[Work] = field(default_factory=list)
     stopping: bool = False
     deadline: float = float("inf")
 
@@ -234,6 +252,10 @@ class Keeper:
     def submit(self, call: Call) -> None:
         """Hand an ended call over; returns at once, whatever the call's fate."""
         self._events.put(("call", 0, call))
+
+    def delete(self, call_id: str, path: str) -> None:
+        """Have the worker unlink a recording and its sidecar (its deletion is logged)."""
+        self._events.put(("delete", 0, (call_id, path)))
 
     def finish(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Settle every call handed in so far, retrying for at most ``grace`` seconds, then stop."""
@@ -286,6 +308,10 @@ class Keeper:
             return
         if kind == "call":
             self._state.waiting.append((time.monotonic() + self._settle_delay(), payload))
+        elif kind == "delete":
+            self._numbers += 1
+            call_id, path = payload
+            self._state.ready.append(DeleteJob(self._numbers, call_id, path, self.retry_first))
         elif kind == "stop":
             self._state.stopping, self._state.deadline = True, payload
         elif self._link is not None and generation == self._link.generation:
@@ -372,7 +398,7 @@ class Keeper:
         except jobs.ChannelClosed as exc:
             self._lost_worker(str(exc))
 
-    def _next_job(self) -> Job:
+    def _next_job(self) -> Work:
         """Wipes first: an unkept call's audio should not wait behind a long recording."""
         ready = self._state.ready
         job = next((job for job in ready if not job.writes), ready[0])
@@ -427,12 +453,15 @@ class Keeper:
         job = link.busy
         if step == "alive" or job is None or message.get("job") != job.number:
             return
-        if step == "stored":
+        if step == "stored" and isinstance(job, Job):
             job.committed = Committed.from_log(message["fields"])
             self._log_outcome(job)
-        elif step == "zeroed":
+        elif step == "zeroed" and isinstance(job, Job):
             link.busy = None
             self._zeroed(job)
+        elif step == "deleted":
+            link.busy = None
+            log.debug("files of %s deleted", job.path if isinstance(job, DeleteJob) else "?")
         elif step == "failed":
             link.busy = None
             self._failed(job, str(message.get("error")))
@@ -443,18 +472,18 @@ class Keeper:
         if not self._log_outcome(job):
             self._later(job)
 
-    def _failed(self, job: Job, error: str) -> None:
+    def _failed(self, job: Work, error: str) -> None:
         # No call id: the daemon's own log must not tell which calls are kept.
-        log.error("a call is not settled yet: %s; retry in %.0f s", error, job.delay)
+        log.error("the worker's job is not done yet: %s; retry in %.0f s", error, job.delay)
         self._later(job)
 
-    def _later(self, job: Job) -> None:
+    def _later(self, job: Work) -> None:
         job.due = time.monotonic() + job.delay
         job.delay = min(job.delay * 2, RETRY_MAX)
         self._state.retries.append(job)
 
-    def _retry(self, job: Job) -> None:
-        if not job.zeroed:
+    def _retry(self, job: Work) -> None:
+        if isinstance(job, DeleteJob) or not job.zeroed:
             self._state.ready.append(job)
         elif not self._log_outcome(job):
             self._later(job)
@@ -507,7 +536,10 @@ class Keeper:
         for job in left:
             self._give_up(job)
 
-    def _give_up(self, job: Job) -> None:
+    def _give_up(self, job: Work) -> None:
+        if isinstance(job, DeleteJob):
+            log.error("the files of %s are not deleted yet; the next start does it", job.path)
+            return
         if not job.zeroed:
             self.table.zero_and_give_back(job.chunks)
             job.zeroed = True

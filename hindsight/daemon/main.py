@@ -24,6 +24,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -38,12 +39,14 @@ from hindsight.daemon.calls import CallTable
 from hindsight.daemon.harden import harden_process
 from hindsight.daemon.host import check_host, make_state_dir
 from hindsight.daemon.keeper import Keeper, process_spawner
+from hindsight.daemon.lifecycle import Lifecycle, finish_deletions
 from hindsight.daemon.memory import PoolMemory
 from hindsight.daemon.recovery import settle_open_calls
 from hindsight.daemon.server import ControlServer
 from hindsight.daemon.service import Service
 from hindsight.daemon.sources import Source, loop_source
 from hindsight.errors import ConfigError, HindsightError
+from hindsight.retention import rebuild
 
 log = logging.getLogger("hindsight.daemon")
 
@@ -92,10 +95,15 @@ class Daemon:
         keeper = Keeper(
             table, commit_log, self.config, spawn, hang_seconds=self.config.worker.hang_seconds
         )
+        ledger = rebuild(commit_log.path)
+        finish_deletions(ledger, self.config.daemon.state_dir)
+        lifecycle = Lifecycle(self.config, ledger, commit_log, keeper)
         sources = build_sources(self.config)
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         server = ControlServer(context, self.config.daemon.control)
-        service = Service(self.config, table, keeper, commit_log, lambda: _states(sources))
+        service = Service(
+            self.config, table, keeper, commit_log, lambda: _states(sources), lifecycle
+        )
         try:
             self._start(commit_log, keeper, table, sources, pool)
             self._loop(server, service, table)
@@ -149,6 +157,7 @@ class Daemon:
         poller.register(server.socket, zmq.POLLIN)
         poller.register(waker_r, zmq.POLLIN)
         watch = PoolWatch(table)
+        purger = Purger(service.lifecycle, self.config.retention.purge_interval_seconds)
         try:
             while not self._stop_requested():
                 events = dict(poller.poll(TICK_MS))
@@ -157,6 +166,7 @@ class Daemon:
                 if waker_r.fileno() in events:
                     waker_r.recv(4096)
                 watch.check()
+                purger.check(time.monotonic())
         finally:
             signal.set_wakeup_fd(previous)
             waker_r.close()
@@ -194,6 +204,27 @@ class Daemon:
             server.serve_pending(service.handle)
         commit_log.append("daemon_stopped", version=__version__)
         log.info("hindsightd stopped")
+
+
+class Purger:
+    """Purges due recordings from the control loop: at start-up, then every ``interval`` s."""
+
+    def __init__(self, lifecycle: Lifecycle, interval: float) -> None:
+        self.lifecycle = lifecycle
+        self.interval = interval
+        self.next = 0.0
+
+    def check(self, now: float) -> None:
+        if now < self.next:
+            return
+        self.next = now + self.interval
+        try:
+            deleted = self.lifecycle.purge()
+        except HindsightError as exc:
+            log.error("purge failed, next try in %.0f s: %s", self.interval, exc)
+            return
+        if deleted:
+            log.info("purge: %d expired recording(s) deleted", len(deleted))
 
 
 class PoolWatch:

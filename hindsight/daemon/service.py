@@ -15,12 +15,22 @@ from hindsight import __version__
 from hindsight.commitlog import CommitLog
 from hindsight.config import Config
 from hindsight.daemon.calls import Call, CallTable
+from hindsight.daemon.lifecycle import Lifecycle
 from hindsight.errors import HindsightError, ProtocolError
 from hindsight.protocol import (
     End,
+    Erase,
+    Extend,
+    Hold,
     Mark,
+    Pause,
     Ping,
+    Purge,
+    Recordings,
+    Release,
     Request,
+    Resolve,
+    Resume,
     Start,
     Status,
     error_reply,
@@ -47,7 +57,9 @@ class Service:
         keeper: Settler,
         commit_log: CommitLog,
         device_states: Callable[[], dict[str, str]],
+        lifecycle: Lifecycle,
     ) -> None:
+        self.lifecycle = lifecycle
         self.config = config
         self.table = table
         self.keeper = keeper
@@ -59,7 +71,16 @@ class Service:
             Start: self._start,
             End: self._end,
             Mark: self._mark,
+            Pause: self._pause,
+            Resume: self._resume,
             Status: self._status,
+            Recordings: self._recordings,
+            Resolve: self._resolve,
+            Extend: self._extend,
+            Hold: self._hold,
+            Release: self._release,
+            Erase: self._erase,
+            Purge: self._purge,
         }
 
     def handle(self, frame: bytes) -> bytes:
@@ -83,10 +104,16 @@ class Service:
     def _start(self, request: Start) -> dict[str, Any]:
         # The caller's number is validated but never stored or logged: until it
         # can be kept as a keyed pseudonym, not holding it is the safe choice.
-        call = self.table.start(request.line, request.call_id, request.agent)
+        for name in request.announced or ():
+            self._declared(name)
+        call = self.table.start(request.line, request.call_id, request.agent, request.announced)
         try:
             self.log.append(
-                "call_started", call_id=call.call_id, line=call.line.name, agent=call.agent
+                "call_started",
+                call_id=call.call_id,
+                line=call.line.name,
+                agent=call.agent,
+                announced=list(call.announced),
             )
         except HindsightError as exc:
             # A call the log does not know of must not be buffered at all.
@@ -103,12 +130,19 @@ class Service:
         return {"call_id": call.call_id}
 
     def _mark(self, request: Mark) -> dict[str, Any]:
-        purpose = request.purpose or self.config.marking.purpose
-        if self.config.purpose(purpose) is None:
-            raise ProtocolError("unknown_purpose", f"purpose {purpose} is not declared")
+        purpose = self._declared(request.purpose or self.config.marking.purpose)
         call = self.table.live_call(request.line)
         if call is None:
             raise ProtocolError("no_call", f"line {request.line} has no live call")
+        if purpose not in call.announced:
+            self.log.append(
+                "mark_refused", call_id=call.call_id, line=call.line.name, purpose=purpose
+            )
+            log.info("call %s: mark for %s refused, not announced", call.call_id, purpose)
+            raise ProtocolError(
+                "not_allowed",
+                f"the caller was not told of purpose {purpose}: it cannot be kept for it",
+            )
         # Logged before it takes effect: a mark the log does not hold never keeps a call.
         if purpose not in call.mark_purposes:
             self.log.append(
@@ -117,6 +151,54 @@ class Service:
             log.info("call %s marked for %s", call.call_id, purpose)
         self.table.mark(request.line, purpose, request.note)
         return {"call_id": call.call_id}
+
+    def _pause(self, request: Pause) -> dict[str, Any]:
+        return self._pause_or_resume(self.table.pause(request.line), "call_paused")
+
+    def _resume(self, request: Resume) -> dict[str, Any]:
+        return self._pause_or_resume(self.table.resume(request.line), "call_resumed")
+
+    def _pause_or_resume(self, call: Call, event: str) -> dict[str, Any]:
+        # In effect before it is logged: a pause protects the caller (a card number), so a
+        # log that cannot be written must not hold it up; the reply then says so.
+        self.log.append(event, call_id=call.call_id, line=call.line.name)
+        log.info("call %s %s", call.call_id, event.removeprefix("call_"))
+        return {"call_id": call.call_id}
+
+    def _recordings(self, request: Recordings) -> dict[str, Any]:
+        return {"recordings": self.lifecycle.recordings(request.purpose, request.caller)}
+
+    def _resolve(self, request: Resolve) -> dict[str, Any]:
+        until = self.lifecycle.resolve(
+            request.call_id, request.purpose, request.actor, request.reason
+        )
+        return {"call_id": request.call_id, "retain_until": until}
+
+    def _extend(self, request: Extend) -> dict[str, Any]:
+        until = self.lifecycle.extend(
+            request.call_id, request.purpose, request.days, request.actor, request.reason
+        )
+        return {"call_id": request.call_id, "retain_until": until}
+
+    def _hold(self, request: Hold) -> dict[str, Any]:
+        self.lifecycle.hold(request.call_id, request.actor, request.reason)
+        return {"call_id": request.call_id}
+
+    def _release(self, request: Release) -> dict[str, Any]:
+        self.lifecycle.release(request.call_id, request.actor, request.reason)
+        return {"call_id": request.call_id}
+
+    def _erase(self, request: Erase) -> dict[str, Any]:
+        self.lifecycle.erase(request.call_id, request.actor, request.reason)
+        return {"call_id": request.call_id}
+
+    def _purge(self, request: Purge) -> dict[str, Any]:
+        return {"deleted": self.lifecycle.purge(request.dry_run)}
+
+    def _declared(self, purpose: str) -> str:
+        if self.config.purpose(purpose) is None:
+            raise ProtocolError("unknown_purpose", f"purpose {purpose} is not declared")
+        return purpose
 
     def _status(self, request: Status) -> dict[str, Any]:
         lines = [

@@ -45,6 +45,7 @@ from hindsight.durable import fsync_dir, make_dirs
 from hindsight.errors import StoreError
 from hindsight.layout import (
     day_folder,
+    inside,
     landed,
     partials,
     recording_path,
@@ -171,6 +172,23 @@ class Store:
             path.unlink(missing_ok=True)  # a retry writes both again, under the same name
             raise
         return committed
+
+    def delete(self, call_id: str, relative: str) -> None:
+        """Unlink a recording and its sidecar durably; what is gone already is fine (a redo)."""
+        recording = inside(self.root, relative)
+        if recording is None:
+            raise StoreError(f"refusing to delete {relative!r}: not under recordings/")
+        try:
+            _unlink_all([recording, sidecar_path(recording, call_id)])
+        except OSError as exc:
+            raise StoreError(f"cannot delete a recording: {exc}") from exc
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+    if paths[0].parent.is_dir():
+        fsync_dir(paths[0].parent)
 
 
 def describe(call: Call, config: Config) -> Keep:

@@ -6,7 +6,10 @@ chunk pool's memfd and one end of a socketpair, and sends it jobs (see
 
 - encodes the kept audio to FLAC straight out of the shared pool and writes
   it durably with its sidecar (``store``), then says ``stored``;
-- zeroes every chunk the call held, in the shared pool, then says ``zeroed``.
+- zeroes every chunk the call held, in the shared pool, then says ``zeroed``;
+
+and for a recording whose deletion the daemon has logged, it unlinks the
+recording and its sidecar durably, then says ``deleted``.
 
 Rules:
 
@@ -56,7 +59,10 @@ class Worker:
         self.store = store
         store.tick = self._tick  # hashing and writing a long recording say alive too
         self._said = 0.0
-        self._kinds: dict[str, Callable[[dict[str, Any]], None]] = {"settle": self._settle}
+        self._kinds: dict[str, Callable[[dict[str, Any]], None]] = {
+            "settle": self._settle,
+            "delete": self._delete,
+        }
 
     def run(self) -> None:
         try:
@@ -94,6 +100,14 @@ class Worker:
             self.pool[index].fill(0)
             self._tick()
         self._reply(job, "zeroed")
+
+    def _delete(self, job: dict[str, Any]) -> None:
+        try:
+            self.store.delete(job["call_id"], job["path"])
+        except HindsightError as exc:
+            self._reply(job, "failed", error=str(exc))
+            return
+        self._reply(job, "deleted")
 
     def _views(self, job: dict[str, Any]) -> Iterator[Int16Array]:
         for index, begin, end in job["extents"]:

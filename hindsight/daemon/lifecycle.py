@@ -1,0 +1,163 @@
+"""What happens to a recording after it is kept: review, legal hold, erasure, purge.
+
+Every step goes through the daemon so that it lands in the commit log, and the
+log is the truth: the retention ledger is rebuilt from it at start-up and then
+follows every line appended (``CommitLog.listen``), whoever appends it.
+
+Rules:
+
+- Decide, log, then act. The ledger decides (``hindsight.retention``); the
+  event is appended; a deletion is then handed to the worker, which unlinks
+  the recording and its sidecar durably. A daemon that dies between the log
+  line and the unlink finishes the deletion at its next start
+  (``finish_deletions``).
+- Nothing held is ever deleted, not by purge, not by erase.
+- ``purge`` deletes exactly the recordings due now (every purpose's
+  ``retain_until`` passed, none held), each with its own ``recording_deleted``
+  (``why: "expired"``). The daemon purges by itself at start-up and every
+  ``retention.purge_interval_seconds``.
+- Caller numbers are not kept yet, so ``recordings`` cannot search by caller:
+  it says so rather than answer an empty list to a subject access request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from hindsight.clock import iso, utcnow
+from hindsight.commitlog import CommitLog
+from hindsight.config import Config
+from hindsight.durable import fsync_dir
+from hindsight.errors import ProtocolError
+from hindsight.layout import inside, sidecar_path
+from hindsight.retention import Ledger, Recording, Terms
+
+log = logging.getLogger(__name__)
+
+
+class Deleter(Protocol):
+    """Where deletions go to be done: the keeper, which hands them to the worker."""
+
+    def delete(self, call_id: str, path: str) -> None: ...
+
+
+def terms(config: Config) -> dict[str, Terms]:
+    """Each configured purpose's retention terms, as the ledger takes them."""
+    return {
+        p.name: Terms(
+            p.name, p.retention_days, p.until_resolved, p.grace_days, p.max_retention_days
+        )
+        for p in config.purposes
+    }
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        commit_log: CommitLog,
+        deleter: Deleter,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.terms = terms(config)
+        self.ledger = ledger
+        self.log = commit_log
+        self.deleter = deleter
+        self.clock = clock
+        self._lock = threading.Lock()  # the ledger: the keeper's thread logs commits too
+        commit_log.listen(self._applied)
+
+    def _applied(self, entry: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.ledger.apply(entry)
+
+    def recordings(self, purpose: str | None, caller: str | None) -> list[dict[str, Any]]:
+        if caller is not None:
+            raise ProtocolError(
+                "not_allowed",
+                "caller numbers are not kept, so recordings cannot be found by caller yet",
+            )
+        with self._lock:
+            return [recording.to_json() for recording in self.ledger.recordings(purpose)]
+
+    def resolve(self, call_id: str, purpose: str, actor: str, reason: str) -> str:
+        with self._lock:
+            until = self.ledger.resolve(call_id, purpose, self.clock(), self.terms)
+        return self._set_purpose("recording_resolved", call_id, purpose, until, actor, reason)
+
+    def extend(self, call_id: str, purpose: str, days: float, actor: str, reason: str) -> str:
+        with self._lock:
+            until = self.ledger.extend(call_id, purpose, days, self.clock(), self.terms)
+        return self._set_purpose("recording_extended", call_id, purpose, until, actor, reason)
+
+    def _set_purpose(
+        self, event: str, call_id: str, purpose: str, until: datetime, actor: str, reason: str
+    ) -> str:
+        retain_until = iso(until)
+        self.log.append(
+            event,
+            call_id=call_id,
+            purpose=purpose,
+            retain_until=retain_until,
+            actor=actor,
+            reason=reason,
+        )
+        log.info("%s: %s for %s until %s, by %s", event, call_id, purpose, retain_until, actor)
+        return retain_until
+
+    def hold(self, call_id: str, actor: str, reason: str) -> None:
+        with self._lock:
+            self.ledger.check_hold(call_id)
+        self.log.append("recording_held", call_id=call_id, actor=actor, reason=reason)
+        log.info("recording of %s held by %s", call_id, actor)
+
+    def release(self, call_id: str, actor: str, reason: str) -> None:
+        with self._lock:
+            self.ledger.check_release(call_id)
+        self.log.append("recording_released", call_id=call_id, actor=actor, reason=reason)
+        log.info("recording of %s released by %s", call_id, actor)
+
+    def erase(self, call_id: str, actor: str, reason: str) -> None:
+        with self._lock:
+            recording = self.ledger.check_erasable(call_id)
+        self._delete(recording, "erased", actor=actor, reason=reason)
+
+    def purge(self, dry_run: bool = False) -> list[str]:
+        """Delete every recording due now (with ``dry_run``, only say which)."""
+        with self._lock:
+            due = self.ledger.due(self.clock())
+        if not dry_run:
+            for recording in due:
+                self._delete(recording, "expired")
+        return [recording.call_id for recording in due]
+
+    def _delete(self, recording: Recording, why: str, **by: str) -> None:
+        # Logged first: a deletion the log holds is finished at the next start if need be.
+        self.log.append(
+            "recording_deleted", call_id=recording.call_id, path=recording.path, why=why, **by
+        )
+        self.deleter.delete(recording.call_id, recording.path)
+        log.info("recording of %s deleted (%s)", recording.call_id, why)
+
+
+def finish_deletions(ledger: Ledger, state_dir: Path) -> None:
+    """At start-up: unlink what a deletion logged before a crash left behind."""
+    for deletion in ledger.deletions():
+        if ledger.get(deletion.call_id) is not None:
+            continue  # committed again since (a recovered recording)
+        recording = inside(state_dir, deletion.path)
+        if recording is None:
+            log.error("not following the logged path %r out of recordings/", deletion.path)
+            continue
+        left = [p for p in (recording, sidecar_path(recording, deletion.call_id)) if p.exists()]
+        for path in left:
+            path.unlink()
+            log.warning("finished the deletion of %s, cut short by a crash", path)
+        if left:
+            fsync_dir(recording.parent)

@@ -1,0 +1,414 @@
+"""The retention state of every recording, rebuilt from the commit log: the log is the truth.
+
+A ``Ledger`` is fed every log entry in order through ``apply`` (``rebuild`` does that for a
+whole log); the daemon uses it to answer ``recordings``, ``resolve``, ``extend``, ``hold``,
+``release``, ``erase`` and ``purge``, the auditor to find overdue recordings and to report
+deletions.
+
+Rules:
+
+- State changes only in ``apply``, and only from the retention events (``call_committed`` and
+  ``recording_*``); every other event is ignored. The decisions (``resolve``, ``extend``,
+  ``check_*``) never change anything: the daemon logs the event they allow, then applies the
+  logged entry, so the ledger holds exactly what the log says.
+- A recording has a ``retain_until`` per purpose: a time, or None for a purpose kept until it
+  is resolved that has no ``max_retention_days``. It is due at ``now`` when it is not held and
+  every purpose's ``retain_until`` is a time no later than ``now``.
+- Limits count from the call's end (``ended`` in ``call_committed``; the commit's ``time`` in
+  logs written before that field).
+- ``resolve`` ends a purpose ``grace_days`` from now, never later than the call's limit
+  (end + ``max_retention_days``) and never later than the purpose's current ``retain_until``:
+  a purpose that is served can only end sooner.
+- ``extend`` makes ``retain_until`` at least now + ``days`` (never shorter); past the limit is
+  ``not_allowed``. A purpose that is no longer configured cannot be extended
+  (``unknown_purpose``), and neither can one kept until resolved without an end
+  (``not_allowed``: it already has no end; resolve it first).
+- A legal hold beats every rule: a held recording is never due and never erasable. Holds do
+  not stack: holding a held recording, or releasing one that is not held, is ``not_allowed``,
+  so one release always ends the one hold there is.
+- A deleted recording is gone: every decision on it is ``unknown_call``, like a call that was
+  never kept; its deletion (who, why, when, and its state then) stays in ``deletions``.
+- No I/O but reading the log in ``rebuild``, which does not check the chain (whoever opened
+  the log did); a retention event that cannot be read is a ``CommitLogError`` naming its line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hindsight.clock import iso, parse_iso
+from hindsight.commitlog import LOG_NAME, read_entries
+from hindsight.errors import CommitLogError, ProtocolError
+
+OVERDUE_SLACK = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Terms:
+    """A purpose's retention terms, as configured."""
+
+    name: str
+    retention_days: float | None
+    until_resolved: bool
+    grace_days: float
+    max_retention_days: float | None
+
+    def limit(self, ended: datetime) -> datetime | None:
+        """The latest a recording of a call that ended at ``ended`` may be kept, or None."""
+        if self.max_retention_days is None:
+            return None
+        return ended + timedelta(days=self.max_retention_days)
+
+    def first_retain_until(self, ended: datetime) -> datetime | None:
+        """``retain_until`` at commit: the limit for ``until_resolved``, else the term."""
+        limit = self.limit(ended)
+        if self.until_resolved or self.retention_days is None:
+            return limit
+        return _earliest(ended + timedelta(days=self.retention_days), limit)
+
+
+@dataclass(frozen=True)
+class PurposeState:
+    retain_until: datetime | None
+    resolved: bool = False
+
+
+@dataclass(frozen=True)
+class Hold:
+    actor: str
+    reason: str
+    since: datetime
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A recording that exists; ``seq`` is the log line of its ``call_committed``."""
+
+    call_id: str
+    line: str
+    agent: str | None
+    path: str
+    purposes: Mapping[str, PurposeState]
+    committed: datetime
+    ended: datetime
+    caller_ref: str | None
+    hold: Hold | None
+    seq: int
+
+    @property
+    def held(self) -> bool:
+        return self.hold is not None
+
+    @property
+    def retain_until(self) -> datetime | None:
+        """When the last purpose ends; None while one has no end (or there is none)."""
+        ends = [state.retain_until for state in self.purposes.values()]
+        if not ends or None in ends:
+            return None
+        return max(end for end in ends if end is not None)
+
+    def due(self, now: datetime) -> bool:
+        until = self.retain_until
+        return self.hold is None and until is not None and until <= now
+
+    def to_json(self) -> dict[str, Any]:
+        """One row of the ``recordings`` reply."""
+        return {
+            "call_id": self.call_id,
+            "line": self.line,
+            "agent": self.agent,
+            "path": self.path,
+            "purposes": {
+                name: {"retain_until": _iso(state.retain_until), "resolved": state.resolved}
+                for name, state in self.purposes.items()
+            },
+            "retain_until": _iso(self.retain_until),
+            "held": self.held,
+        }
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """A logged ``recording_deleted``; ``recording`` is its state just before (None when the
+    log never committed that call, or had deleted it already)."""
+
+    call_id: str
+    path: str
+    why: str
+    time: datetime
+    actor: str | None
+    reason: str | None
+    seq: int
+    recording: Recording | None
+
+    @property
+    def premature(self) -> bool:
+        """Deleted as ``expired`` while it was held or not yet due."""
+        return (
+            self.why == "expired"
+            and self.recording is not None
+            and not self.recording.due(self.time)
+        )
+
+
+_Handler = Callable[[Mapping[str, Any]], None]
+
+
+class Ledger:
+    """Every recording's retention state; feed it the log with ``apply`` (or use ``rebuild``)."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, Recording] = {}
+        self._gone: dict[str, Deletion] = {}
+        self._deletions: list[Deletion] = []
+        self._handlers: dict[str, _Handler] = {
+            "call_committed": self._committed,
+            "recording_resolved": self._resolved,
+            "recording_extended": self._extended,
+            "recording_held": self._held,
+            "recording_released": self._released,
+            "recording_deleted": self._deleted,
+        }
+
+    # -- applying log entries -------------------------------------------------------------------
+
+    def apply(self, entry: Mapping[str, Any]) -> None:
+        """Take one log entry into account; events without a retention meaning are ignored."""
+        handler = self._handlers.get(entry.get("event", ""))
+        if handler is None:
+            return
+        try:
+            handler(entry)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            where = f"{LOG_NAME} line {entry.get('seq')}"
+            raise CommitLogError(f"{where}: {entry['event']} cannot be read ({exc!r})") from exc
+
+    def _committed(self, entry: Mapping[str, Any]) -> None:
+        time = parse_iso(entry["time"])
+        ended = entry.get("ended")
+        self._live[entry["call_id"]] = Recording(
+            call_id=entry["call_id"],
+            line=entry["line"],
+            agent=entry.get("agent"),
+            path=entry["path"],
+            purposes=_committed_purposes(entry),
+            committed=time,
+            ended=time if ended is None else parse_iso(ended),
+            caller_ref=entry.get("caller_ref"),
+            hold=None,
+            seq=entry["seq"],
+        )
+
+    def _resolved(self, entry: Mapping[str, Any]) -> None:
+        self._set_purpose(entry, resolved=True)
+
+    def _extended(self, entry: Mapping[str, Any]) -> None:
+        self._set_purpose(entry, resolved=None)
+
+    def _set_purpose(self, entry: Mapping[str, Any], resolved: bool | None) -> None:
+        recording = self._live.get(entry["call_id"])
+        if recording is None:
+            return
+        name = entry["purpose"]
+        old = recording.purposes.get(name, PurposeState(None))
+        state = PurposeState(
+            _moment(entry["retain_until"]), old.resolved if resolved is None else resolved
+        )
+        purposes = {**recording.purposes, name: state}
+        self._live[recording.call_id] = replace(recording, purposes=purposes)
+
+    def _held(self, entry: Mapping[str, Any]) -> None:
+        hold = Hold(entry["actor"], entry["reason"], parse_iso(entry["time"]))
+        self._set_hold(entry["call_id"], hold)
+
+    def _released(self, entry: Mapping[str, Any]) -> None:
+        self._set_hold(entry["call_id"], None)
+
+    def _set_hold(self, call_id: str, hold: Hold | None) -> None:
+        recording = self._live.get(call_id)
+        if recording is not None:
+            self._live[call_id] = replace(recording, hold=hold)
+
+    def _deleted(self, entry: Mapping[str, Any]) -> None:
+        call_id = entry["call_id"]
+        deletion = Deletion(
+            call_id=call_id,
+            path=entry["path"],
+            why=entry["why"],
+            time=parse_iso(entry["time"]),
+            actor=entry.get("actor"),
+            reason=entry.get("reason"),
+            seq=entry["seq"],
+            recording=self._live.pop(call_id, None),
+        )
+        self._gone[call_id] = deletion
+        self._deletions.append(deletion)
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def get(self, call_id: str) -> Recording | None:
+        """The recording of ``call_id`` if it exists now."""
+        return self._live.get(call_id)
+
+    def deletion(self, call_id: str) -> Deletion | None:
+        """The last deletion logged for ``call_id``."""
+        return self._gone.get(call_id)
+
+    def recordings(
+        self, purpose: str | None = None, caller_ref: str | None = None
+    ) -> list[Recording]:
+        """The recordings that exist now, in commit order, optionally of one purpose or caller."""
+        return [
+            recording
+            for recording in self._live.values()
+            if (purpose is None or purpose in recording.purposes)
+            and (caller_ref is None or recording.caller_ref == caller_ref)
+        ]
+
+    def due(self, now: datetime) -> list[Recording]:
+        """The recordings a purge at ``now`` deletes."""
+        return [recording for recording in self._live.values() if recording.due(now)]
+
+    def overdue(self, now: datetime, slack: timedelta = OVERDUE_SLACK) -> list[Recording]:
+        """The recordings still there more than ``slack`` after they fell due (held ones never)."""
+        # due() includes the moment itself; "more than slack" excludes it.
+        return self.due(now - slack - timedelta.resolution)
+
+    def deletions(self) -> list[Deletion]:
+        """Every logged deletion, in log order."""
+        return list(self._deletions)
+
+    # -- decisions (they never change the ledger) -----------------------------------------------
+
+    def resolve(
+        self, call_id: str, purpose: str, now: datetime, terms: Mapping[str, Terms]
+    ) -> datetime:
+        """The ``retain_until`` that resolving ``purpose`` gives; see the module's rules."""
+        recording, state = self._purpose(call_id, purpose)
+        term = terms.get(purpose)
+        grace = 0.0 if term is None else term.grace_days
+        limit = None if term is None else term.limit(recording.ended)
+        return _earliest(_earliest(_after(now, grace), limit), state.retain_until)
+
+    def extend(
+        self, call_id: str, purpose: str, days: float, now: datetime, terms: Mapping[str, Terms]
+    ) -> datetime:
+        """The ``retain_until`` that extending ``purpose`` by ``days`` from now gives."""
+        if isinstance(days, bool) or not isinstance(days, int | float) or not days > 0:
+            raise ProtocolError("bad_request", "days must be a number greater than 0")
+        recording, state = self._purpose(call_id, purpose)
+        term = terms.get(purpose)
+        if term is None:
+            raise ProtocolError(
+                "unknown_purpose", f"purpose {purpose!r} is not configured: it cannot be extended"
+            )
+        if state.retain_until is None:
+            raise ProtocolError(
+                "not_allowed",
+                f"call {call_id!r} is kept for {purpose!r} until that is resolved: "
+                "it has no end to extend",
+            )
+        wanted = _after(now, days)
+        _check_limit(recording, term, wanted)
+        return max(state.retain_until, wanted)
+
+    def check_hold(self, call_id: str) -> Recording:
+        """Refuse a hold on a recording that is missing or held already."""
+        recording = self._existing(call_id)
+        if recording.hold is not None:
+            raise ProtocolError("not_allowed", f"call {call_id!r} is held already{_by(recording)}")
+        return recording
+
+    def check_release(self, call_id: str) -> Recording:
+        """Refuse a release of a recording that is missing or not held."""
+        recording = self._existing(call_id)
+        if recording.hold is None:
+            raise ProtocolError("not_allowed", f"call {call_id!r} is not held")
+        return recording
+
+    def check_erasable(self, call_id: str) -> Recording:
+        """Refuse an erasure of a recording that is missing or held."""
+        recording = self._existing(call_id)
+        if recording.hold is not None:
+            raise ProtocolError(
+                "not_allowed", f"call {call_id!r} is held{_by(recording)}: it cannot be erased"
+            )
+        return recording
+
+    def _existing(self, call_id: str) -> Recording:
+        recording = self._live.get(call_id)
+        if recording is not None:
+            return recording
+        gone = self._gone.get(call_id)
+        if gone is None:
+            raise ProtocolError("unknown_call", f"call {call_id!r} has no recording")
+        raise ProtocolError(
+            "unknown_call",
+            f"call {call_id!r} has no recording: it was deleted ({gone.why}) at {iso(gone.time)}",
+        )
+
+    def _purpose(self, call_id: str, purpose: str) -> tuple[Recording, PurposeState]:
+        recording = self._existing(call_id)
+        state = recording.purposes.get(purpose)
+        if state is None:
+            kept_for = ", ".join(recording.purposes) or "nothing"
+            raise ProtocolError(
+                "unknown_purpose",
+                f"call {call_id!r} is not kept for {purpose!r} (it is kept for {kept_for})",
+            )
+        return recording, state
+
+
+def rebuild(path: Path) -> Ledger:
+    """The ledger of the log at ``path``, read without checking its chain."""
+    ledger = Ledger()
+    apply = ledger.apply
+    for entry in read_entries(path):
+        apply(entry)
+    return ledger
+
+
+def _committed_purposes(entry: Mapping[str, Any]) -> dict[str, PurposeState]:
+    """``retention`` per purpose; a log from before that field has one ``retain_until``."""
+    retention = entry.get("retention")
+    if retention is None:
+        retention = dict.fromkeys(entry["purposes"], entry["retain_until"])
+    return {name: PurposeState(_moment(until)) for name, until in retention.items()}
+
+
+def _check_limit(recording: Recording, term: Terms, wanted: datetime) -> None:
+    limit = term.limit(recording.ended)
+    if limit is not None and wanted > limit:
+        raise ProtocolError(
+            "not_allowed",
+            f"call {recording.call_id!r} may be kept for {term.name!r} until {iso(limit)} "
+            f"at most ({term.max_retention_days:g} days after the call ended)",
+        )
+
+
+def _after(now: datetime, days: float) -> datetime:
+    try:
+        return now + timedelta(days=days)
+    except (OverflowError, ValueError):  # beyond year 9999, or infinite
+        raise ProtocolError("bad_request", f"{days:g} days is out of range") from None
+
+
+def _earliest(first: datetime, second: datetime | None) -> datetime:
+    return first if second is None else min(first, second)
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else parse_iso(text)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else iso(moment)
+
+
+def _by(recording: Recording) -> str:
+    hold = recording.hold
+    return "" if hold is None else f" (by {hold.actor} since {iso(hold.since)})"
