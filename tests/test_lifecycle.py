@@ -1,0 +1,177 @@
+"""Purposes and retention through the real daemon: announcement, pause, purge, hold, erase,
+and a deletion cut short by a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from hindsight import audit
+from tests.harness import RATE, Daemon, find_offset, looped_span, noise_wav
+from tests.test_worker import pool_bytes, wait_until, worker_pid
+
+# training ends ~2.6 s after a call, escalation only when resolved; the daemon purges
+# every second.
+PURPOSES = """
+[retention]
+purge_interval_seconds = 1
+
+[purposes.training]
+legal_basis = "legitimate-interests"
+retention_days = 0.00003
+
+[purposes.escalation]
+legal_basis = "contract"
+until_resolved = true
+"""
+
+
+def lifecycle_daemon(tmp: Path, **over: Any) -> Daemon:
+    return Daemon(tmp, extra=PURPOSES, **over)
+
+
+def kept_call(d: Daemon, line: str, *purposes: str, seconds: float = 0.5) -> str:
+    call_id: str = d.ok({"op": "start", "line": line})["call_id"]
+    time.sleep(seconds)
+    for purpose in purposes:
+        d.ok({"op": "mark", "line": line, "purpose": purpose})
+    d.ok({"op": "end", "line": line})
+    return call_id
+
+
+def deleted(d: Daemon) -> dict[str, str]:
+    return {e["call_id"]: e["why"] for e in d.events("recording_deleted")}
+
+
+def files(d: Daemon) -> set[str]:
+    return {p.name for p in (d.state / "recordings").rglob("*") if p.is_file()}
+
+
+def by(**fields: str) -> dict[str, str]:
+    return {"actor": "auditor", "reason": "test", **fields}
+
+
+def test_a_mark_for_a_purpose_the_caller_was_not_told_of_is_refused_and_logged(
+    tmp_path: Path,
+) -> None:
+    with lifecycle_daemon(tmp_path) as d:
+        call_id = d.ok({"op": "start", "line": "desk-01", "announced": ["training"]})["call_id"]
+        refused = d.request({"op": "mark", "line": "desk-01"})
+        assert refused["error"]["code"] == "not_allowed"
+        d.ok({"op": "end", "line": "desk-01"})
+        d.wait_for_event("call_wiped", timeout=15)
+    (entry,) = d.events("mark_refused")
+    assert (entry["call_id"], entry["purpose"]) == (call_id, "escalation")
+    assert d.events("call_started")[0]["announced"] == ["training"]
+    assert not d.events("call_marked")
+
+
+def test_a_call_with_nothing_announced_never_enters_memory(tmp_path: Path) -> None:
+    with lifecycle_daemon(tmp_path) as d:
+        assert d.proc is not None
+        d.ok({"op": "start", "line": "desk-01", "announced": []})
+        time.sleep(1.0)
+        (line,) = d.ok({"op": "status"})["lines"]
+        assert line["seconds"] == 0
+        if os.geteuid() == 0:  # reading the pool needs ptrace rights over the daemon
+            assert not any(pool_bytes(d.proc.pid))
+        assert d.request({"op": "mark", "line": "desk-01"})["error"]["code"] == "not_allowed"
+        d.ok({"op": "end", "line": "desk-01"})
+        (wiped,) = d.wait_for_event("call_wiped", timeout=15)
+    assert (wiped["why"], wiped["seconds"]) == ("not_kept", 0)
+    assert not (d.state / "recordings").exists()
+
+
+def test_paused_audio_is_silence_in_the_recording_and_the_rest_is_the_input(
+    tmp_path: Path,
+) -> None:
+    source = noise_wav(tmp_path / "in.wav", seconds=5.0)
+    with lifecycle_daemon(tmp_path, source="file", file=str(tmp_path / "in.wav")) as d:
+        d.ok({"op": "start", "line": "desk-01"})
+        d.ok({"op": "mark", "line": "desk-01"})
+        time.sleep(0.8)
+        d.ok({"op": "pause", "line": "desk-01"})
+        assert d.request({"op": "pause", "line": "desk-01"})["error"]["code"] == "not_allowed"
+        time.sleep(0.8)
+        d.ok({"op": "resume", "line": "desk-01"})
+        time.sleep(0.8)
+        d.ok({"op": "end", "line": "desk-01"})
+        (committed,) = d.wait_for_event("call_committed", timeout=15)
+    audio, _ = sf.read(str(d.state / committed["path"]), dtype="int16", always_2d=True)
+    sidecar = json.loads((d.state / committed["path"]).with_suffix(".json").read_text())
+    (pause,) = sidecar["pauses"]
+    at, frames = round(pause["at_seconds"] * RATE), round(pause["seconds"] * RATE)
+    assert 0.6 < pause["seconds"] < 1.2
+    assert not audio[at : at + frames].any(), "the pause is silence"
+    start = find_offset(source, audio)
+    assert np.array_equal(audio[:at], looped_span(source, start, at))
+    after = audio[at + frames :]
+    resumed = (start + at + frames) % len(source)
+    assert np.array_equal(after, looped_span(source, resumed, len(after))), "timeline kept"
+    assert len(d.events("call_paused")) == len(d.events("call_resumed")) == 1
+
+
+def test_a_purge_deletes_exactly_the_expired_recordings_and_a_hold_wins_until_released(
+    tmp_path: Path,
+) -> None:
+    with lifecycle_daemon(tmp_path, lines=[("desk-01", [1, 2]), ("desk-02", [1, 2])]) as d:
+        expiring = kept_call(d, "desk-01", "training")
+        unresolved = kept_call(d, "desk-02", "escalation")
+        held = kept_call(d, "desk-01", "training")
+        d.wait_for_event("call_committed", count=3, timeout=15)
+        d.ok({"op": "hold", "call_id": held, **by()})
+        wait_until(lambda: expiring in deleted(d), timeout=15, what="the purge")
+        time.sleep(1.5)  # another purge or two
+        assert deleted(d) == {expiring: "expired"}
+        refused = d.request({"op": "erase", "call_id": held, **by()})
+        assert refused["error"]["code"] == "not_allowed"
+        listed = {r["call_id"]: r for r in d.ok({"op": "recordings"})["recordings"]}
+        assert set(listed) == {unresolved, held}
+        assert listed[held]["held"] and listed[unresolved]["retain_until"] is None
+        d.ok({"op": "release", "call_id": held, **by()})
+        wait_until(lambda: held in deleted(d), timeout=15, what="the purge after release")
+        assert set(deleted(d)) == {expiring, held}
+        assert files(d) == {f"{unresolved}.flac", f"{unresolved}.json"}
+        assert audit.verify(d.state).ok
+
+
+def test_a_two_purpose_recording_stays_until_its_last_purpose_is_served(
+    tmp_path: Path,
+) -> None:
+    with lifecycle_daemon(tmp_path) as d:
+        both = kept_call(d, "desk-01", "training", "escalation")
+        d.wait_for_event("call_committed", timeout=15)
+        time.sleep(4.0)  # training is over, escalation is not
+        assert both not in deleted(d)
+        assert d.ok({"op": "purge", "dry_run": True})["deleted"] == []
+        reply = d.ok({"op": "resolve", "call_id": both, "purpose": "escalation", **by()})
+        assert reply["retain_until"]
+        wait_until(lambda: both in deleted(d), timeout=15, what="the purge after resolve")
+        (resolved,) = d.events("recording_resolved")
+        assert (resolved["actor"], resolved["reason"]) == ("auditor", "test")
+        assert files(d) == set()
+
+
+def test_an_erasure_cut_short_by_a_crash_is_finished_at_restart(tmp_path: Path) -> None:
+    d = lifecycle_daemon(tmp_path)
+    d.start()
+    call_id = kept_call(d, "desk-01", "escalation")
+    d.wait_for_event("call_committed", timeout=15)
+    os.kill(worker_pid(d), signal.SIGSTOP)  # the deletion is logged, then nobody does it
+    d.ok({"op": "erase", "call_id": call_id, **by(reason="subject asked")})
+    d.stop(signal.SIGKILL)
+    assert files(d) == {f"{call_id}.flac", f"{call_id}.json"}
+    d.start()
+    wait_until(lambda: files(d) == set(), what="the deletion finished")
+    assert d.stop() == 0
+    (erased,) = d.events("recording_deleted")
+    assert (erased["why"], erased["reason"]) == ("erased", "subject asked")
+    assert "finished the deletion" in d.stderr()
+    assert audit.verify(d.state).ok
