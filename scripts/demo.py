@@ -2,7 +2,9 @@
 
 It starts ``hindsightd`` on a synthetic signal (no sound card), drives 40
 calls over 4 desks with ``hindsight simulate`` (the record key pressed on a
-few), stops the daemon with SIGTERM, checks the log with ``hindsight audit
+few), keeps one more call for the ``demo`` purpose, whose retention ends
+seconds after the call, and waits for the daemon's own purge to delete it;
+then it stops the daemon with SIGTERM, checks the log with ``hindsight audit
 verify`` and prints the audit report and where the recordings are.
 """
 
@@ -37,6 +39,31 @@ def wait_until_up(daemon: subprocess.Popen[bytes]) -> None:
     sys.exit("demo: hindsightd did not come up")
 
 
+def client(*args: str) -> str:
+    command = [str(BIN / "hindsight"), "--config", str(CONFIG), *args]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def show_a_purge() -> bool:
+    """Keep one call for the demo purpose, then watch the daemon's purge delete it."""
+    print("\ndemo: one more call on desk-01, kept for the 'demo' purpose (retention ~9 s)")
+    call_id = client("start", "desk-01", "--agent", "agent-01")
+    time.sleep(2.0)
+    client("mark", "desk-01", "--purpose", "demo", "--note", "retention demo")
+    client("end", "desk-01")
+    time.sleep(1.5)  # the keeper settles a call a moment after it ends
+    hindsight("--config", str(CONFIG), "recordings", "--purpose", "demo")
+    print("demo: waiting for the daemon's purge (every 5 s) to delete it when it expires")
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        if call_id not in client("recordings", "--purpose", "demo", "--json"):
+            print(f"demo: {call_id} expired and was deleted by the purge (see the report)")
+            return True
+        time.sleep(1.0)
+    print(f"demo: {call_id} was not purged in time")
+    return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", default="40")
@@ -57,6 +84,7 @@ def main() -> int:
         floor = hindsight(
             "--config", str(CONFIG), "simulate", "--calls", args.calls, "--lines", args.lines
         )
+        purged = show_a_purge()
     finally:
         daemon.send_signal(signal.SIGTERM)
         stopped = daemon.wait(60)
@@ -69,7 +97,7 @@ def main() -> int:
     for path in recordings[:5]:
         print(f"  {path.relative_to(ROOT)}  (+ {path.with_suffix('.json').name})")
     print(f"demo: commit log at {STATE / 'commit.log'}")
-    return 0 if floor == 0 and stopped == 0 and verified == 0 else 1
+    return 0 if floor == 0 and purged and stopped == 0 and verified == 0 else 1
 
 
 if __name__ == "__main__":
