@@ -63,7 +63,7 @@ MAX_PURGE_INTERVAL_SECONDS = 43200
 MAX_LINE_CHANNELS = 8
 
 _CLIP = 40
-_SCHEMES = ("ipc://", "tcp://")
+SCHEMES = ("ipc://", "tcp://")  # the ZeroMQ transports the control socket may use
 
 
 @dataclass(frozen=True)
@@ -281,9 +281,9 @@ def _list_item(index: int, raw: object, parse: Callable[[object], T]) -> T:
 class _Endpoint(_Value[str]):
     def parse(self, raw: object) -> str:
         endpoint = _expect_str(raw)
-        if not endpoint.startswith(_SCHEMES):
+        if not endpoint.startswith(SCHEMES):
             raise ValueError(f"must start with 'ipc://' or 'tcp://', got {_clip(repr(endpoint))}")
-        if endpoint in _SCHEMES:
+        if endpoint in SCHEMES:
             raise ValueError(f"needs an address after {endpoint!r}")
         if endpoint.startswith("ipc://@"):
             raise ValueError(

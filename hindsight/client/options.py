@@ -6,14 +6,13 @@ import argparse
 import getpass
 import os
 
-from hindsight.config import read_control_endpoint, resolve_config_path
+from hindsight.config import SCHEMES, read_control_endpoint, resolve_config_path
 from hindsight.errors import ClientError, ConfigError
 from hindsight.protocol import MAX_EXTEND_DAYS
 
 EXIT_USAGE = 2
 DEFAULT_TIMEOUT = 2.0
 MAX_TIMEOUT = 3600.0
-SCHEMES = ("ipc://", "tcp://")
 
 
 def timeout_seconds(text: str) -> float:
