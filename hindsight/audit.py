@@ -4,9 +4,14 @@ Rules:
 
 - Pure reads: nothing under the state dir is created, changed or locked, and no daemon is needed.
 - Integrity before meaning: the whole hash chain is checked first, because the contents of a
-  tampered log cannot be trusted; then the call rules; then the recording files.
-- ``verify`` stops at the FIRST problem and states it in one sentence naming the log line.
-  Once the chain holds, a line's number equals its ``seq``.
+  tampered log cannot be trusted; then the call rules and the retention events (read exactly
+  as the daemon reads them, with ``hindsight.retention``); then the files under recordings/;
+  last the one check that depends on the time, ``now``: nothing is overdue.
+- ``verify`` stops at the FIRST problem and states it in one sentence naming the log line, or
+  the file when no line names it. Once the chain holds, a line's number equals its ``seq``.
+- The log accounts for every file under recordings/: the recording and sidecar of each
+  committed call not deleted since, and the files of a call still open, which a live daemon
+  may be writing right now. Anything else is reported, a leftover temp file included.
 - Recordings are hashed in 1 MiB blocks, never read whole.
 - ``report`` refuses a log whose chain is broken: figures from a tampered log would mislead.
 """
@@ -15,20 +20,25 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hindsight.clock import iso, utcnow
 from hindsight.commitlog import LOG_NAME, OUTCOME_EVENTS, read_chain
 from hindsight.durable import file_sha256
 from hindsight.errors import CommitLogError
-from hindsight.layout import sidecar_path
+from hindsight.layout import RECORDINGS, sidecar_path
+from hindsight.retention import Deletion, Ledger, Recording
 
 REASONS = ("sampled", "marked")
 NO_AGENT = "(none)"
 UNKNOWN = "(unknown)"
+DELETION_WHYS = ("expired", "erased")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,8 +86,9 @@ _Rule = Callable[[Mapping[str, Any]], "str | None"]
 
 
 @dataclass
-class _Ledger:
-    """Walks the entries in order, applying the call rules; keeps the first problem."""
+class _CallRules:
+    """Walks the entries in order, applying the call rules and feeding the retention ledger;
+    keeps the first problem."""
 
     entries: int = 0
     problem: str | None = None
@@ -85,7 +96,7 @@ class _Ledger:
     run_starts: list[int] = field(default_factory=lambda: [0])
     stopped_at: int | None = None
     commits: list[_Commit] = field(default_factory=list)
-    deletions: dict[str, int] = field(default_factory=dict)
+    retention: Ledger = field(default_factory=Ledger)
 
     rules: dict[str, _Rule] = field(init=False, repr=False, compare=False)
 
@@ -103,7 +114,14 @@ class _Ledger:
     def feed(self, entry: Mapping[str, Any]) -> None:
         self.entries += 1
         if self.problem is None:
-            self.problem = self.rules.get(entry["event"], _no_rule)(entry)
+            self.problem = self.rules.get(entry["event"], _no_rule)(entry) or self._retain(entry)
+
+    def _retain(self, entry: Mapping[str, Any]) -> str | None:
+        try:
+            self.retention.apply(entry)
+        except CommitLogError as exc:
+            return str(exc)
+        return None
 
     @property
     def run(self) -> int:
@@ -169,11 +187,13 @@ class _Ledger:
         return None
 
     def _recording_deleted(self, entry: Mapping[str, Any]) -> str | None:
-        path = entry.get("path")
+        path, why = entry.get("path"), entry.get("why")
         if not _inside(path):
             return f"{_at(entry)}: path {path!r} is not a relative path inside the state dir"
-        assert isinstance(path, str)
-        self.deletions[path] = entry["seq"]
+        if why not in DELETION_WHYS:
+            return f"{_at(entry)}: recording_deleted has why {why!r}, not expired or erased"
+        if why == "erased" and not all(_named(entry.get(key)) for key in ("actor", "reason")):
+            return f"{_at(entry)}: an erasure must say who asked (actor) and why (reason)"
         return None
 
     def open_call_problem(self) -> str | None:
@@ -190,9 +210,47 @@ class _Ledger:
             return f"{LOG_NAME} line {call.started}: call {call_id!r} has no outcome, yet {ended}"
         return None
 
+    def open_calls(self) -> list[str]:
+        """The calls without outcome (once ``open_call_problem`` is None: of the live run)."""
+        return [call_id for call_id, call in self.calls.items() if call.outcome is None]
+
+    def live_commits(self) -> list[_Commit]:
+        """The commits whose recording exists by the log: not deleted since."""
+        return [
+            commit
+            for commit in self.commits
+            if (recording := self.retention.get(commit.call_id)) is not None
+            and recording.seq == commit.seq
+        ]
+
+
+def _named(value: object) -> bool:
+    return isinstance(value, str) and value != ""
+
 
 def _no_rule(entry: Mapping[str, Any]) -> None:
     """Events without a call rule (daemon life cycle, future kinds) only need the chain."""
+
+
+def _premature(retention: Ledger) -> str | None:
+    """``expired`` is a purge: it may only take a recording that was due and not held."""
+    for deletion in retention.deletions():
+        if deletion.premature and deletion.recording is not None:
+            return (
+                f"{LOG_NAME} line {deletion.seq}: call {deletion.call_id!r} was purged as expired "
+                f"at {iso(deletion.time)} while {_not_due(deletion.recording)}: a premature purge"
+            )
+    return None
+
+
+def _not_due(recording: Recording) -> str:
+    hold = recording.hold
+    if hold is not None:
+        return f"held by {hold.actor!r} since {iso(hold.since)}"
+    until = recording.retain_until
+    if until is None:
+        return "kept until a purpose of it is resolved"
+    return f"not due until {iso(until)}"
 
 
 # What a recording of each kind begins with.
@@ -248,48 +306,145 @@ def _check_format(file: Path, commit: _Commit) -> str | None:
     )
 
 
-def _lingering(state_dir: Path, ledger: _Ledger) -> str | None:
-    """A recording logged as deleted (and not committed again since) must be gone."""
-    last_commit = {commit.path: commit.seq for commit in ledger.commits}
-    for path, seq in ledger.deletions.items():
-        if seq > last_commit.get(path, 0) and (state_dir / path).exists():
-            return f"{LOG_NAME} line {seq}: recording {path} is logged as deleted but still exists"
+def _files_of(path: str, call_id: str) -> dict[str, str]:
+    """A recording's path and its sidecar's, spelled as the walk of recordings/ spells them."""
+    recording = PurePosixPath(path)
+    return {
+        "recording": recording.as_posix(),
+        "sidecar": sidecar_path(recording, call_id).as_posix(),
+    }
+
+
+def _accounted(commits: Iterable[_Commit]) -> set[str]:
+    return {path for commit in commits for path in _files_of(commit.path, commit.call_id).values()}
+
+
+def _deleted_files(deletion: Deletion) -> Iterator[tuple[str, str]]:
+    """What a deletion took away: the logged path, and the committed one should they differ."""
+    paths = dict.fromkeys(
+        [deletion.path, *([deletion.recording.path] if deletion.recording else [])]
+    )
+    for path in paths:
+        yield from _files_of(path, deletion.call_id).items()
+
+
+def _lingering(state_dir: Path, retention: Ledger, accounted: Collection[str]) -> str | None:
+    """A recording logged as deleted, and its sidecar, must be gone."""
+    for deletion in retention.deletions():
+        for kind, path in _deleted_files(deletion):
+            if path not in accounted and os.path.lexists(state_dir / path):
+                return (
+                    f"{LOG_NAME} line {deletion.seq}: {kind} {path} of call {deletion.call_id!r} "
+                    f"is logged as deleted ({deletion.why}) but still exists (a deletion cut "
+                    "short by a crash is finished at the daemon's next start)"
+                )
     return None
 
 
-def _check_recordings(state_dir: Path, ledger: _Ledger) -> tuple[int, str | None]:
-    checked = 0
-    for commit in ledger.commits:
-        if ledger.deletions.get(commit.path, 0) > commit.seq:
-            continue
+def _listing_failed(exc: OSError) -> None:
+    if not isinstance(exc, FileNotFoundError):  # gone meanwhile, or no recordings/ yet
+        raise exc
+
+
+def _files_under(state_dir: Path) -> Iterator[str]:
+    """Every entry under recordings/ but its folders, sorted, relative to ``state_dir``."""
+    for folder, folders, files in os.walk(state_dir / RECORDINGS, onerror=_listing_failed):
+        folders.sort()
+        links = [name for name in folders if os.path.islink(os.path.join(folder, name))]
+        for name in sorted([*files, *links]):
+            yield (Path(folder) / name).relative_to(state_dir).as_posix()
+
+
+def _being_written(path: str, open_calls: Collection[str]) -> bool:
+    """A file of a call without outcome yet: the live daemon may be writing it right now."""
+    name = PurePosixPath(path).name.removeprefix(".")
+    return any(name.startswith((f"{call_id}.", f"{call_id}-")) for call_id in open_calls)
+
+
+def _shown(value: object) -> str:
+    """A name from the disk or the log, quoted when it would not print on one line as is."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)
+
+
+def _stray(path: str) -> str:
+    name = PurePosixPath(path).name
+    if name.startswith(".") and name.endswith(".tmp"):
+        return (
+            f"{_shown(path)} is a temp file no log line accounts for: a write cut short by a "
+            "crash leaves one, and the daemon's recovery removes it at its next start"
+        )
+    return (
+        f"{_shown(path)} is not accounted for by the log: it is not the recording or sidecar "
+        "of a committed call that was not deleted since"
+    )
+
+
+def _unaccounted(
+    state_dir: Path, accounted: Collection[str], open_calls: Collection[str]
+) -> str | None:
+    """Every file under recordings/ is accounted for by the log, or being written now."""
+    try:
+        for path in _files_under(state_dir):
+            if path not in accounted and not _being_written(path, open_calls):
+                return _stray(path)
+    except OSError as exc:
+        return f"{exc.filename} cannot be listed ({exc.strerror or exc})"
+    return None
+
+
+def _check_recordings(state_dir: Path, rules: _CallRules) -> tuple[int, str | None]:
+    live = rules.live_commits()
+    for checked, commit in enumerate(live):
         problem = _check_recording(state_dir, commit)
         if problem is not None:
             return checked, problem
-        checked += 1
-    return checked, _lingering(state_dir, ledger)
+    accounted = _accounted(live)
+    problem = _lingering(state_dir, rules.retention, accounted) or _unaccounted(
+        state_dir, accounted, rules.open_calls()
+    )
+    return len(live), problem
 
 
-def _walk(path: Path) -> tuple[_Ledger, str | None]:
+def _overdue(retention: Ledger, now: datetime) -> str | None:
+    """A purge runs at least daily: a recording a day past its retention was missed."""
+    for recording in retention.overdue(now):
+        until = recording.retain_until
+        assert until is not None  # overdue, so due: every purpose has an end
+        late = timedelta(seconds=round((now - until).total_seconds()))
+        return (
+            f"{LOG_NAME} line {recording.seq}: call {recording.call_id!r} is overdue by {late}: "
+            f"its retain_until is {iso(until)}, it is not held, yet its recording "
+            f"{recording.path} has not been deleted"
+        )
+    return None
+
+
+def _walk(path: Path) -> tuple[_CallRules, str | None]:
     """The whole chain first; a chain problem outranks any call-rule problem."""
-    ledger = _Ledger()
+    rules = _CallRules()
     try:
         for entry in read_chain(path):
-            ledger.feed(entry)
+            rules.feed(entry)
     except CommitLogError as exc:
-        return ledger, str(exc)
-    return ledger, ledger.problem or ledger.open_call_problem()
+        return rules, str(exc)
+    return rules, rules.problem or rules.open_call_problem() or _premature(rules.retention)
 
 
-def verify(state_dir: Path) -> VerifyResult:
-    """Check the log's chain, its call rules, and every committed recording and sidecar."""
+def verify(state_dir: Path, now: datetime | None = None) -> VerifyResult:
+    """Check the log's chain, its call and retention rules, every committed recording and
+    sidecar, that the log accounts for every file under recordings/, and that nothing is
+    overdue at ``now`` (by default, the current time)."""
     path = state_dir / LOG_NAME
     if not path.is_file():
         return VerifyResult(False, f"{LOG_NAME} is missing or not a file in {state_dir}", 0, 0)
-    ledger, problem = _walk(path)
+    rules, problem = _walk(path)
     checked = 0
     if problem is None:
-        checked, problem = _check_recordings(state_dir, ledger)
-    return VerifyResult(problem is None, problem, ledger.entries, checked)
+        checked, problem = _check_recordings(state_dir, rules)
+    if problem is None:
+        problem = _overdue(rules.retention, utcnow() if now is None else now)
+    return VerifyResult(problem is None, problem, rules.entries, checked)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,7 +594,7 @@ class _Census:
             return True
         return False
 
-    def freeze(self) -> Report:
+    def freeze(self, retention: Retention) -> Report:
         return Report(
             entries=self.entries,
             first_time=self.first_time,
@@ -447,6 +602,7 @@ class _Census:
             totals=self.totals.freeze(),
             per_line=_freeze_groups(self.lines),
             per_agent=_freeze_groups(self.agents),
+            retention=retention,
         )
 
 
@@ -460,6 +616,115 @@ def _freeze_groups(groups: Mapping[str, _Tally]) -> dict[str, Figures]:
 
 
 @dataclass(frozen=True)
+class PurposeRetention:
+    """The recordings kept for one purpose at the report's ``as_of``.
+
+    ``due_now`` counts those a purge would delete now (every purpose of theirs ended, not
+    held); ``no_end`` those whose end for this purpose waits for it to be resolved; the
+    earliest and latest ``retain_until`` are of this purpose, among those that have one.
+    """
+
+    recordings: int
+    held: int
+    resolved: int
+    due_now: int
+    no_end: int
+    earliest: datetime | None
+    latest: datetime | None
+
+    @classmethod
+    def of(cls, purpose: str, kept: Sequence[Recording], now: datetime) -> PurposeRetention:
+        ends = [recording.purposes[purpose].retain_until for recording in kept]
+        times = [end for end in ends if end is not None]
+        return cls(
+            recordings=len(kept),
+            held=sum(recording.held for recording in kept),
+            resolved=sum(recording.purposes[purpose].resolved for recording in kept),
+            due_now=sum(recording.due(now) for recording in kept),
+            no_end=len(ends) - len(times),
+            earliest=min(times, default=None),
+            latest=max(times, default=None),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recordings": self.recordings,
+            "held": self.held,
+            "resolved": self.resolved,
+            "due_now": self.due_now,
+            "no_end": self.no_end,
+            "earliest_retain_until": _iso(self.earliest),
+            "latest_retain_until": _iso(self.latest),
+        }
+
+
+@dataclass(frozen=True)
+class Retention:
+    """The recordings that exist at ``as_of``, by purpose, and every deletion logged."""
+
+    as_of: datetime
+    recordings: int
+    held: int
+    due_now: int
+    overdue: int
+    by_purpose: Mapping[str, PurposeRetention]
+    deletions: Sequence[Deletion]
+
+    @classmethod
+    def of(cls, ledger: Ledger, now: datetime) -> Retention:
+        recordings = ledger.recordings()
+        purposes = sorted({name for recording in recordings for name in recording.purposes})
+        return cls(
+            as_of=now,
+            recordings=len(recordings),
+            held=sum(recording.held for recording in recordings),
+            due_now=len(ledger.due(now)),
+            overdue=len(ledger.overdue(now)),
+            by_purpose={
+                name: PurposeRetention.of(name, ledger.recordings(purpose=name), now)
+                for name in purposes
+            },
+            deletions=ledger.deletions(),
+        )
+
+    @property
+    def deleted(self) -> dict[str, int]:
+        """Deletions by ``why``: ``expired`` and ``erased`` always, then any other, sorted."""
+        counts = Counter(str(deletion.why) for deletion in self.deletions)
+        others = sorted(why for why in counts if why not in DELETION_WHYS)
+        return {why: counts[why] for why in (*DELETION_WHYS, *others)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "as_of": iso(self.as_of),
+            "totals": {
+                "recordings": self.recordings,
+                "held": self.held,
+                "due_now": self.due_now,
+                "overdue": self.overdue,
+                "deleted": self.deleted,
+            },
+            "by_purpose": {name: p.to_json() for name, p in self.by_purpose.items()},
+        }
+
+
+def _deletion_json(deletion: Deletion) -> dict[str, Any]:
+    return {
+        "log_line": deletion.seq,
+        "call_id": deletion.call_id,
+        "why": deletion.why,
+        "time": iso(deletion.time),
+        "actor": deletion.actor,
+        "reason": deletion.reason,
+        "premature": deletion.premature,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else iso(moment)
+
+
+@dataclass(frozen=True)
 class Report:
     """What was committed, wiped and deleted, and why; see ``to_json`` for the figures."""
 
@@ -469,6 +734,7 @@ class Report:
     totals: Figures
     per_line: Mapping[str, Figures]
     per_agent: Mapping[str, Figures]
+    retention: Retention
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON; keys are stable and always present.
@@ -480,6 +746,13 @@ class Report:
         ``lost_in_crash`` (part of ``wiped``), ``deleted``, ``open`` (ints), ``by_reason``
         (``sampled`` and ``marked``, always both), ``by_purpose`` (purpose -> commits, sorted),
         ``seconds_kept``, ``seconds_wiped`` and ``rolled_seconds`` (floats, rounded to ms).
+
+        ``retention``: ``as_of`` (when the report was made), ``totals`` (``recordings``,
+        ``held``, ``due_now``, ``overdue`` among the recordings that exist; ``deleted``: why ->
+        deletions, ``expired`` and ``erased`` always) and ``by_purpose`` (purpose -> a
+        ``PurposeRetention`` object, sorted). ``deletions``: every ``recording_deleted`` in log
+        order, as ``log_line``, ``call_id``, ``why``, ``time``, ``actor`` and ``reason`` (null
+        unless erased) and ``premature`` (an ``expired`` one that was not due).
         """
         return {
             "entries": self.entries,
@@ -488,6 +761,8 @@ class Report:
             "totals": self.totals.to_json(),
             "per_line": {name: f.to_json() for name, f in self.per_line.items()},
             "per_agent": {name: f.to_json() for name, f in self.per_agent.items()},
+            "retention": self.retention.to_json(),
+            "deletions": [_deletion_json(deletion) for deletion in self.retention.deletions],
         }
 
     def render(self) -> str:
@@ -499,19 +774,25 @@ class Report:
             _section("Commits by purpose", _count_table("purpose", self.totals.by_purpose)),
             _section("Per line", _group_table("line", self.per_line)),
             _section("Per agent", _group_table("agent", self.per_agent)),
+            _section("Retention by purpose", _purpose_table(self.retention.by_purpose)),
+            _section("Retention totals", _retention_table(self.retention)),
+            _section("Deletions", _deletion_table(self.retention.deletions)),
         ]
         return "\n\n".join(sections) + "\n"
 
 
-def report(state_dir: Path) -> Report:
-    """Figures over the whole log; raises CommitLogError when it is missing or its chain breaks."""
+def report(state_dir: Path, now: datetime | None = None) -> Report:
+    """Figures over the whole log, retention as of ``now`` (by default the current time);
+    raises CommitLogError when the log is missing, its chain breaks, or a retention event
+    cannot be read."""
     path = state_dir / LOG_NAME
     if not path.is_file():
         raise CommitLogError(f"{LOG_NAME} is missing in {state_dir}")
-    census = _Census()
+    census, ledger = _Census(), Ledger()
     for entry in read_chain(path):
         census.add(entry)
-    return census.freeze()
+        ledger.apply(entry)
+    return census.freeze(Retention.of(ledger, utcnow() if now is None else now))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,6 +829,7 @@ def _summary(report: Report) -> str:
         ("log entries", str(report.entries)),
         ("first entry", report.first_time or "-"),
         ("last entry", report.last_time or "-"),
+        ("retention as of", iso(report.retention.as_of)),
     ]
     return _section("Hindsight audit report", _table(("", ""), rows, "ll")[1:])
 
@@ -602,3 +884,47 @@ def _group_row(name: str, f: Figures) -> tuple[str, ...]:
 def _group_table(what: str, groups: Mapping[str, Figures]) -> list[str]:
     rows = [_group_row(name, figures) for name, figures in groups.items()]
     return _table((what, *_GROUP_HEADER), rows, "l" + "r" * 11 + "l")
+
+
+_PURPOSE_HEADER = (
+    "purpose",
+    "recordings",
+    "held",
+    "resolved",
+    "due now",
+    "no end",
+    "earliest retain_until",
+    "latest retain_until",
+)
+
+
+def _purpose_row(name: str, p: PurposeRetention) -> tuple[str, ...]:
+    counts = (p.recordings, p.held, p.resolved, p.due_now, p.no_end)
+    return (name, *(str(n) for n in counts), _iso(p.earliest) or "-", _iso(p.latest) or "-")
+
+
+def _purpose_table(purposes: Mapping[str, PurposeRetention]) -> list[str]:
+    rows = [_purpose_row(name, p) for name, p in purposes.items()]
+    return _table(_PURPOSE_HEADER, rows, "lrrrrrll")
+
+
+def _retention_table(r: Retention) -> list[str]:
+    rows = [
+        ("recordings now", str(r.recordings)),
+        ("  held", str(r.held)),
+        ("  due now", str(r.due_now)),
+        ("  overdue (over a day)", str(r.overdue)),
+        *((f"deleted: {why}", str(n)) for why, n in r.deleted.items()),
+    ]
+    return _table(("figure", "value"), rows, "lr")
+
+
+def _deletion_row(d: Deletion) -> tuple[str, ...]:
+    why = f"{d.why} (premature)" if d.premature else d.why
+    by = ["-" if text is None else _shown(text) for text in (d.actor, d.reason)]
+    return (str(d.seq), _shown(d.call_id), why, iso(d.time), *by)
+
+
+def _deletion_table(deletions: Sequence[Deletion]) -> list[str]:
+    header = ("log line", "call", "why", "when", "actor", "reason")
+    return _table(header, [_deletion_row(d) for d in deletions], "rlllll")

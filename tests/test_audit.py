@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from hindsight.commitlog import GENESIS, CommitLog, entry_hash
 from hindsight.errors import CommitLogError
 
 DAY = "recordings/2026/11/28"
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+TRAIN = "2027-02-28T10:00:00.000Z"
 
 
 def write_recording(state: Path, call_id: str, audio: bytes) -> dict[str, Any]:
@@ -54,11 +57,11 @@ def build_state(state: Path) -> Path:
 
     c1 desk-01 ann   marked     escalation  12.5 s kept
     c2 desk-02 -     wiped                  30 s
-    c3 desk-01 bob   sampled    training    40 s kept, 2.5 rolled; later deleted
+    c3 desk-01 bob   sampled    training    40 s kept, 2.5 rolled; later erased
     c4 desk-02 ann   open when the first run crashed; closed as lost_in_crash
     c5 desk-01 ann   sampled+marked  training, escalation  7.25 s kept
     """
-    esc, train = "2028-11-28T10:00:00.000Z", "2027-02-28T10:00:00.000Z"
+    esc, train = "2028-11-28T10:00:00.000Z", TRAIN
     with CommitLog.open(state / "commit.log") as log:
         log.append("daemon_started", version="0.1.0")
         start(log, "c1", "desk-01", "ann")
@@ -74,7 +77,7 @@ def build_state(state: Path) -> Path:
         start(log, "c4", "desk-02", "ann")
         log.append("daemon_started", version="0.1.0")
         wipe(log, "c4", "desk-02", 0, why="lost_in_crash")
-        log.append("recording_deleted", call_id="c3", path=f"{DAY}/c3.flac", why="retention")
+        erase(log, "c3")
         start(log, "c5", "desk-01", "ann")
         commit(
             log, state, "c5", "desk-01", {"training": train, "escalation": esc},
@@ -84,6 +87,13 @@ def build_state(state: Path) -> Path:
     (state / f"{DAY}/c3.flac").unlink()
     (state / f"{DAY}/c3.json").unlink()
     return state / "commit.log"
+
+
+def erase(log: CommitLog, call_id: str) -> None:
+    log.append(
+        "recording_deleted", call_id=call_id, path=f"{DAY}/{call_id}.flac", why="erased",
+        actor="dpo", reason="the caller asked",
+    )  # fmt: skip
 
 
 def append_raw(path: Path, event: str, /, **fields: Any) -> None:
@@ -97,8 +107,8 @@ def append_raw(path: Path, event: str, /, **fields: Any) -> None:
         handle.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
 
 
-def assert_fails(state: Path, *needles: str) -> str:
-    result = verify(state)
+def assert_fails(state: Path, *needles: str, now: datetime = NOW) -> str:
+    result = verify(state, now)
     assert not result.ok and result.problem is not None
     for needle in needles:
         assert needle in result.problem
@@ -111,14 +121,14 @@ def assert_fails(state: Path, *needles: str) -> str:
 
 def test_intact_state_verifies(tmp_path: Path) -> None:
     build_state(tmp_path)
-    result = verify(tmp_path)
+    result = verify(tmp_path, NOW)
     assert result.ok, result.problem
     assert (result.problem, result.entries, result.recordings) == (None, 15, 2)
 
 
 def test_empty_log_verifies(tmp_path: Path) -> None:
     CommitLog.open(tmp_path / "commit.log").close()
-    assert verify(tmp_path).ok
+    assert verify(tmp_path, NOW).ok
 
 
 def test_missing_log_fails(tmp_path: Path) -> None:
@@ -166,16 +176,16 @@ def test_flipping_any_byte_of_the_log_fails(tmp_path: Path) -> None:
     with CommitLog.open(path) as log:
         log.append("daemon_started", version="0.1.0")
         start(log, "c1", "desk-01", "Zoë")
-        commit(log, tmp_path, "c1", "desk-01", {"training": "2027"}, reasons=["sampled"])
+        commit(log, tmp_path, "c1", "desk-01", {"training": TRAIN}, reasons=["sampled"])
         log.append("daemon_stopped", version="0.1.0")
     good = path.read_bytes()
-    assert verify(tmp_path).ok
+    assert verify(tmp_path, NOW).ok
     missed = []
     for at in range(len(good)):
         data = bytearray(good)
         data[at] ^= 0x01
         path.write_bytes(bytes(data))
-        if verify(tmp_path).ok:
+        if verify(tmp_path, NOW).ok:
             missed.append(at)
     assert missed == []
 
@@ -263,7 +273,7 @@ def test_a_sidecar_of_another_recording_fails(tmp_path: Path) -> None:
 def test_a_recording_deleted_with_recording_deleted_is_fine(tmp_path: Path) -> None:
     build_state(tmp_path)
     assert not (tmp_path / DAY / "c3.flac").exists()
-    assert verify(tmp_path).ok
+    assert verify(tmp_path, NOW).ok
 
 
 def test_a_recording_logged_as_deleted_but_still_there_fails(tmp_path: Path) -> None:
@@ -277,6 +287,160 @@ def test_a_recording_path_outside_the_state_dir_fails(tmp_path: Path) -> None:
     append_raw(path, "call_started", call_id="c6", line="desk-01", agent=None)
     append_raw(path, "call_committed", call_id="c6", line="desk-01", path="../x", sha256="0")
     assert_fails(tmp_path, "commit.log line 17:", "not a relative path inside")
+
+
+# --- verify: deletions, retention, and every file under recordings/ --------------------------
+
+
+def commit_one(
+    path: Path, call_id: str, retain_until: str, *more: tuple[str, dict[str, Any]]
+) -> None:
+    """Start and commit ``call_id`` for training until ``retain_until``, then log ``more``."""
+    with CommitLog.open(path) as log:
+        log.append("daemon_started", version="0.1.0")
+        start(log, call_id, "desk-01", None)
+        commit(
+            log, path.parent, call_id, "desk-01", {"training": retain_until}, reasons=["sampled"]
+        )
+        for event, fields in more:
+            log.append(event, call_id=call_id, **fields)
+        log.append("daemon_stopped", version="0.1.0")
+
+
+def held(actor: str = "legal") -> tuple[str, dict[str, Any]]:
+    return "recording_held", {"actor": actor, "reason": "litigation"}
+
+
+def purged(call_id: str) -> tuple[str, dict[str, Any]]:
+    return "recording_deleted", {"path": f"{DAY}/{call_id}.flac", "why": "expired"}
+
+
+def test_a_sidecar_left_after_a_deletion_fails_verify(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    (tmp_path / DAY / "c3.json").write_text("{}")
+    assert_fails(tmp_path, "commit.log line 12:", "sidecar", f"{DAY}/c3.json", "still exists")
+
+
+@pytest.mark.parametrize(
+    "stray",
+    [f"{DAY}/notes.txt", "recordings/2026/12/01/c9.flac", f"{DAY}/c9.json", "recordings/x"],
+)
+def test_a_file_the_log_does_not_account_for_fails_verify(tmp_path: Path, stray: str) -> None:
+    build_state(tmp_path)
+    (tmp_path / stray).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / stray).write_bytes(b"fLaC")
+    assert_fails(tmp_path, stray, "not accounted for by the log")
+
+
+def test_a_folder_linked_into_recordings_is_not_accounted_for(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / DAY / "more").symlink_to(tmp_path / "elsewhere")
+    assert_fails(tmp_path, f"{DAY}/more", "not accounted for")
+
+
+def test_a_leftover_temp_file_fails_verify_saying_recovery_removes_it(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    (tmp_path / DAY / ".c6.flac.0a1b2c3d.tmp").write_bytes(b"fLaC")
+    assert_fails(tmp_path, f"{DAY}/.c6.flac.0a1b2c3d.tmp", "temp file", "removes it at its next")
+
+
+def test_files_of_a_call_the_live_daemon_is_still_writing_are_accounted_for(
+    tmp_path: Path,
+) -> None:
+    path = build_state(tmp_path)
+    with CommitLog.open(path) as log:
+        log.append("daemon_started", version="0.1.0")
+        start(log, "c6", "desk-01", None)
+    (tmp_path / DAY / ".c6.flac.0a1b2c3d.tmp").write_bytes(b"fLaC")
+    (tmp_path / DAY / "c6-2.flac").write_bytes(b"fLaC")
+    assert verify(tmp_path, NOW).ok
+    with CommitLog.open(path) as log:
+        wipe(log, "c6", "desk-01", 0, why="lost_in_crash")
+    assert_fails(tmp_path, f"{DAY}/.c6.flac.0a1b2c3d.tmp", "temp file")
+
+
+def test_an_empty_day_folder_left_by_deletions_is_fine(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    (tmp_path / "recordings/2026/11/27").mkdir()
+    assert verify(tmp_path, NOW).ok
+
+
+def test_a_recording_a_day_past_its_retention_fails_verify_unless_held(tmp_path: Path) -> None:
+    path = tmp_path / "commit.log"
+    commit_one(path, "c1", "2026-11-20T00:00:00.000Z")
+    assert verify(tmp_path, datetime(2026, 11, 21, tzinfo=UTC)).ok  # a day: the purge may lag
+    late = datetime(2026, 11, 22, 3, tzinfo=UTC)
+    assert_fails(
+        tmp_path, "commit.log line 3:", "'c1'", "overdue by 2 days, 3:00:00",
+        "retain_until is 2026-11-20T00:00:00.000Z", "not held", now=late,
+    )  # fmt: skip
+    with CommitLog.open(path) as log:
+        log.append("recording_held", call_id="c1", actor="legal", reason="litigation")
+    assert verify(tmp_path, late).ok
+    with CommitLog.open(path) as log:
+        log.append("recording_released", call_id="c1", actor="legal", reason="settled")
+    assert_fails(tmp_path, "'c1'", "overdue", now=late)
+
+
+def test_a_recording_kept_until_resolved_is_never_overdue_and_has_no_end(tmp_path: Path) -> None:
+    with CommitLog.open(tmp_path / "commit.log") as log:
+        start(log, "c1", "desk-01", None)
+        log.append(
+            "call_committed", call_id="c1", line="desk-01", purposes=["escalation"],
+            retention={"escalation": None}, retain_until=None,
+            **write_recording(tmp_path, "c1", b"fLaC c1"),
+        )  # fmt: skip
+    assert verify(tmp_path, datetime(2100, 1, 1, tzinfo=UTC)).ok
+    purpose = report(tmp_path, NOW).to_json()["retention"]["by_purpose"]["escalation"]
+    assert (purpose["no_end"], purpose["due_now"], purpose["latest_retain_until"]) == (1, 0, None)
+
+
+def test_a_recording_purged_when_due_verifies(tmp_path: Path) -> None:
+    commit_one(tmp_path / "commit.log", "c1", "2026-11-01T00:00:00.000Z", purged("c1"))
+    (tmp_path / DAY / "c1.flac").unlink()
+    (tmp_path / DAY / "c1.json").unlink()
+    assert verify(tmp_path, NOW).ok
+
+
+@pytest.mark.parametrize(
+    ("until", "before", "needle"),
+    [
+        ("2099-01-01T00:00:00.000Z", [], "not due until 2099-01-01T00:00:00.000Z"),
+        ("2026-11-01T00:00:00.000Z", [held("legal")], "held by 'legal'"),
+    ],
+    ids=["not-yet-due", "held"],
+)
+def test_a_premature_purge_fails_verify(
+    tmp_path: Path, until: str, before: list[tuple[str, dict[str, Any]]], needle: str
+) -> None:
+    commit_one(tmp_path / "commit.log", "c1", until, *before, purged("c1"))
+    (tmp_path / DAY / "c1.flac").unlink()
+    (tmp_path / DAY / "c1.json").unlink()
+    line = 4 + len(before)
+    assert_fails(tmp_path, f"commit.log line {line}:", "'c1'", "purged as expired", needle)
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"why": "retention"}, "why 'retention', not expired or erased"),
+        ({"why": "erased", "actor": "dpo"}, "who asked (actor) and why (reason)"),
+        ({"why": "erased", "actor": "", "reason": "asked"}, "who asked (actor)"),
+    ],
+)
+def test_a_deletion_must_say_why_and_an_erasure_who_asked(
+    tmp_path: Path, fields: dict[str, Any], needle: str
+) -> None:
+    path = build_state(tmp_path)
+    append_raw(path, "recording_deleted", call_id="c1", path=f"{DAY}/c1.flac", **fields)
+    assert_fails(tmp_path, "commit.log line 16:", needle)
+
+
+def test_a_retention_event_the_daemon_cannot_read_fails_verify(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    append_raw(path, "recording_extended", call_id="c1", purpose="escalation", actor="a")
+    assert_fails(tmp_path, "commit.log line 16:", "recording_extended cannot be read")
 
 
 # --- verify: call rules --------------------------------------------------------------------
@@ -313,7 +477,7 @@ def test_an_open_call_in_the_live_last_run_is_fine(tmp_path: Path) -> None:
     with CommitLog.open(path) as log:
         log.append("daemon_started", version="0.1.0")
         start(log, "c6", "desk-01", None)
-    assert verify(tmp_path).ok
+    assert verify(tmp_path, NOW).ok
 
 
 def test_an_open_call_in_a_stopped_run_fails(tmp_path: Path) -> None:
@@ -338,7 +502,7 @@ def test_unknown_events_are_accepted(tmp_path: Path) -> None:
     path = build_state(tmp_path)
     with CommitLog.open(path) as log:
         log.append("retention_reviewed", by="dpo")
-    assert verify(tmp_path).ok
+    assert verify(tmp_path, NOW).ok
 
 
 # --- report --------------------------------------------------------------------------------
@@ -383,8 +547,11 @@ def test_report_per_line_and_agent(tmp_path: Path) -> None:
 
 def test_report_json_keys_and_times(tmp_path: Path) -> None:
     path = build_state(tmp_path)
-    data = report(tmp_path).to_json()
-    assert list(data) == ["entries", "first_time", "last_time", "totals", "per_line", "per_agent"]
+    data = report(tmp_path, NOW).to_json()
+    assert list(data) == [
+        *("entries", "first_time", "last_time", "totals", "per_line", "per_agent"),
+        *("retention", "deletions"),
+    ]
     figure_keys = list(data["totals"])
     assert figure_keys == [
         *("started", "committed", "wiped", "lost_in_crash", "deleted", "open"),
@@ -409,10 +576,11 @@ def test_report_counts_an_open_call(tmp_path: Path) -> None:
 
 def test_render_shows_the_figures_in_aligned_tables(tmp_path: Path) -> None:
     build_state(tmp_path)
-    text = report(tmp_path).render()
+    text = report(tmp_path, NOW).render()
     for heading in ("Totals", "Commits by reason", "Commits by purpose", "Per line", "Per agent"):
         assert f"\n{heading}\n" in text
-    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    before_retention = text.split("\nRetention by purpose\n")[0]
+    rows = {line.split()[0]: line.split() for line in before_retention.splitlines() if line.strip()}
     assert rows["desk-01"][1:12] == ["3", "3", "2", "2", "0", "0", "1", "0", "59.8", "0.0", "2.5"]
     assert rows["desk-02"][1:12] == ["2", "0", "0", "0", "2", "1", "0", "0", "0.0", "30.0", "0.0"]
     assert rows["ann"][-2:] == ["escalation=2", "training=1"]
@@ -422,6 +590,70 @@ def test_render_shows_the_figures_in_aligned_tables(tmp_path: Path) -> None:
     end = header.index("rolled s") + len("rolled s")
     assert [row[:end].split()[-1] for row in body] == ["2.5", "0.0"]
     assert all(row[end] == " " for row in body)
+
+
+def test_the_report_shows_retention_by_purpose_and_who_deleted_what(tmp_path: Path) -> None:
+    path = build_state(tmp_path)
+    with CommitLog.open(path) as log:
+        log.append("daemon_started", version="0.1.0")
+        log.append(
+            "recording_resolved", call_id="c1", purpose="escalation",
+            retain_until="2026-12-29T00:00:00.000Z", actor="lead", reason="settled",
+        )  # fmt: skip
+        log.append("recording_held", call_id="c5", actor="legal", reason="litigation")
+        for call_id, until in (("c6", "2026-11-01T00:00:00.000Z"), ("c7", "2026-10-01T00:00Z")):
+            start(log, call_id, "desk-02", None)
+            commit(log, tmp_path, call_id, "desk-02", {"training": until}, reasons=["sampled"])
+        log.append("recording_deleted", call_id="c7", path=f"{DAY}/c7.flac", why="expired")
+    data = report(tmp_path, NOW).to_json()
+    assert data["retention"] == {
+        "as_of": "2026-11-29T00:00:00.000Z",
+        "totals": {
+            "recordings": 3,
+            "held": 1,
+            "due_now": 1,
+            "overdue": 1,
+            "deleted": {"expired": 1, "erased": 1},
+        },
+        "by_purpose": {
+            "escalation": {
+                "recordings": 2, "held": 1, "resolved": 1, "due_now": 0, "no_end": 0,
+                "earliest_retain_until": "2026-12-29T00:00:00.000Z",
+                "latest_retain_until": "2028-11-28T10:00:00.000Z",
+            },
+            "training": {
+                "recordings": 2, "held": 1, "resolved": 0, "due_now": 1, "no_end": 0,
+                "earliest_retain_until": "2026-11-01T00:00:00.000Z",
+                "latest_retain_until": TRAIN,
+            },
+        },
+    }  # fmt: skip
+    erased, expired = data["deletions"]
+    times = [e["time"] for e in map(json.loads, path.read_bytes().splitlines())]
+    assert erased == {
+        "log_line": 12, "call_id": "c3", "why": "erased", "time": times[11],
+        "actor": "dpo", "reason": "the caller asked", "premature": False,
+    }  # fmt: skip
+    assert expired == {
+        "log_line": 23, "call_id": "c7", "why": "expired", "time": times[22],
+        "actor": None, "reason": None, "premature": False,
+    }  # fmt: skip
+    text = report(tmp_path, NOW).render()
+    for heading in ("Retention by purpose", "Retention totals", "Deletions"):
+        assert f"\n{heading}\n" in text
+    assert "\nretention as of  2026-11-29T00:00:00.000Z\n" in text
+    tail = text.split("\nRetention by purpose\n")[1]
+    rows = {line.split()[0]: line.split() for line in tail.splitlines() if line.strip()}
+    assert rows["escalation"][1:] == [
+        *("2", "1", "1", "0", "0"),
+        "2026-12-29T00:00:00.000Z",
+        "2028-11-28T10:00:00.000Z",
+    ]
+    assert rows["training"][1:6] == ["2", "1", "0", "1", "0"]
+    assert rows["12"] == ["12", "c3", "erased", times[11], "dpo", "the", "caller", "asked"]
+    assert rows["23"] == ["23", "c7", "expired", times[22], "-", "-"]
+    deleted = [line.split() for line in tail.splitlines() if line.startswith("deleted: ")]
+    assert deleted == [["deleted:", "expired", "1"], ["deleted:", "erased", "1"]]
 
 
 def test_report_refuses_a_broken_chain(tmp_path: Path) -> None:
