@@ -132,6 +132,8 @@ def test_a_purge_deletes_exactly_the_expired_recordings_and_a_hold_wins_until_re
         assert deleted(d) == {expiring: "expired"}
         refused = d.request({"op": "erase", "call_id": held, **by()})
         assert refused["error"]["code"] == "not_allowed"
+        by_caller = d.request({"op": "recordings", "caller": "+31201234567"})
+        assert by_caller["error"]["code"] == "not_allowed", "not an empty answer to a SAR"
         listed = {r["call_id"]: r for r in d.ok({"op": "recordings"})["recordings"]}
         assert set(listed) == {unresolved, held}
         assert listed[held]["held"] and listed[unresolved]["retain_until"] is None
