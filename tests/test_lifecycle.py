@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,12 @@ import numpy as np
 import soundfile as sf
 
 from hindsight import audit
+from hindsight.clock import parse_iso
 from tests.harness import RATE, Daemon, find_offset, looped_span, noise_wav
 from tests.test_worker import pool_bytes, wait_until, worker_pid
 
-# training ends ~2.6 s after a call, escalation only when resolved; the daemon purges
-# every second.
+# training ends ~2.6 s after a call (a day at most), escalation only when resolved; the
+# daemon purges every second.
 PURPOSES = """
 [retention]
 purge_interval_seconds = 1
@@ -26,6 +28,7 @@ purge_interval_seconds = 1
 [purposes.training]
 legal_basis = "legitimate-interests"
 retention_days = 0.00003
+max_retention_days = 1
 
 [purposes.escalation]
 legal_basis = "contract"
@@ -177,3 +180,24 @@ def test_an_erasure_cut_short_by_a_crash_is_finished_at_restart(tmp_path: Path) 
     assert (erased["why"], erased["reason"]) == ("erased", "subject asked")
     assert "finished the deletion" in d.stderr()
     assert audit.verify(d.state).ok
+
+
+def test_a_learning_moment_extends_a_training_recording_but_never_past_its_cap(
+    tmp_path: Path,
+) -> None:
+    with lifecycle_daemon(tmp_path) as d:
+        call_id = kept_call(d, "desk-01", "training")
+        d.wait_for_event("call_committed", timeout=15)
+        asked = {"op": "extend", "call_id": call_id, "purpose": "training"}
+        reply = d.ok({**asked, "days": 0.5, **by(reason="learning moment")})
+        until = parse_iso(reply["retain_until"])
+        assert timedelta(hours=11.9) < until - datetime.now(UTC) < timedelta(hours=12.1)
+        too_long = d.request({**asked, "days": 2, **by()})
+        assert too_long["error"]["code"] == "not_allowed"
+        time.sleep(4.0)  # past training's own retention: the extension holds it
+        assert call_id not in deleted(d)
+        (extended,) = d.events("recording_extended")
+        assert (extended["retain_until"], extended["reason"]) == (
+            reply["retain_until"],
+            "learning moment",
+        )
