@@ -18,7 +18,7 @@ Rules:
   logs written before that field).
 - ``resolve`` ends a purpose ``grace_days`` from now, never later than the call's limit
   (end + ``max_retention_days``) and never later than the purpose's current ``retain_until``:
-  a purpose that is served can only end sooner.
+  a purpose that is served can only end sooner. A purpose no longer configured has no grace.
 - ``extend`` makes ``retain_until`` at least now + ``days`` (never shorter); past the limit is
   ``not_allowed``. A purpose that is no longer configured cannot be extended
   (``unknown_purpose``), and neither can one kept until resolved without an end
@@ -28,14 +28,16 @@ Rules:
   so one release always ends the one hold there is.
 - A deleted recording is gone: every decision on it is ``unknown_call``, like a call that was
   never kept; its deletion (who, why, when, and its state then) stays in ``deletions``.
+- ``Recording`` and ``Deletion`` are snapshots: they never change as the ledger goes on.
 - No I/O but reading the log in ``rebuild``, which does not check the chain (whoever opened
   the log did); a retention event that cannot be read is a ``CommitLogError`` naming its line.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,20 +73,20 @@ class Terms:
         return _earliest(ended + timedelta(days=self.retention_days), limit)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PurposeState:
     retain_until: datetime | None
     resolved: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hold:
     actor: str
     reason: str
     since: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Recording:
     """A recording that exists; ``seq`` is the log line of its ``call_committed``."""
 
@@ -93,7 +95,6 @@ class Recording:
     agent: str | None
     path: str
     purposes: Mapping[str, PurposeState]
-    committed: datetime
     ended: datetime
     caller_ref: str | None
     hold: Hold | None
@@ -106,10 +107,7 @@ class Recording:
     @property
     def retain_until(self) -> datetime | None:
         """When the last purpose ends; None while one has no end (or there is none)."""
-        ends = [state.retain_until for state in self.purposes.values()]
-        if not ends or None in ends:
-            return None
-        return max(end for end in ends if end is not None)
+        return _last({name: state.retain_until for name, state in self.purposes.items()})
 
     def due(self, now: datetime) -> bool:
         until = self.retain_until
@@ -131,7 +129,7 @@ class Recording:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Deletion:
     """A logged ``recording_deleted``; ``recording`` is its state just before (None when the
     log never committed that call, or had deleted it already)."""
@@ -155,6 +153,63 @@ class Deletion:
         )
 
 
+# The ledger keeps compact mutable rows and makes the frozen objects above only when asked:
+# building them for every commit and rebuilding them for every change cost a rebuild more
+# than the JSON parsing it does (most recordings are deleted before anyone looks at them).
+
+
+@dataclass(slots=True, eq=False)
+class _Row:
+    """A recording as the log has made it so far; only the ledger's ``apply`` changes it."""
+
+    call_id: str
+    line: str
+    agent: str | None
+    path: str
+    ended: datetime
+    caller_ref: str | None
+    seq: int
+    ends: dict[str, datetime | None]
+    resolved: frozenset[str] = frozenset()
+    hold: Hold | None = None
+    snapshot: Recording | None = None
+
+    def recording(self) -> Recording:
+        if self.snapshot is None:
+            purposes = {
+                name: PurposeState(until, name in self.resolved)
+                for name, until in self.ends.items()
+            }
+            self.snapshot = Recording(
+                self.call_id, self.line, self.agent, self.path, purposes, self.ended,
+                self.caller_ref, self.hold, self.seq,
+            )  # fmt: skip
+        return self.snapshot
+
+    def due(self, now: datetime) -> bool:
+        until = _last(self.ends)
+        return self.hold is None and until is not None and until <= now
+
+
+@dataclass(slots=True, eq=False)
+class _Gone:
+    call_id: str
+    path: str
+    why: str
+    time: datetime
+    actor: str | None
+    reason: str | None
+    seq: int
+    row: _Row | None
+
+    def deletion(self) -> Deletion:
+        recording = None if self.row is None else self.row.recording()
+        return Deletion(
+            self.call_id, self.path, self.why, self.time, self.actor, self.reason, self.seq,
+            recording,
+        )  # fmt: skip
+
+
 _Handler = Callable[[Mapping[str, Any]], None]
 
 
@@ -162,9 +217,9 @@ class Ledger:
     """Every recording's retention state; feed it the log with ``apply`` (or use ``rebuild``)."""
 
     def __init__(self) -> None:
-        self._live: dict[str, Recording] = {}
-        self._gone: dict[str, Deletion] = {}
-        self._deletions: list[Deletion] = []
+        self._live: dict[str, _Row] = {}
+        self._gone: dict[str, _Gone] = {}
+        self._deletions: list[_Gone] = []
         self._handlers: dict[str, _Handler] = {
             "call_committed": self._committed,
             "recording_resolved": self._resolved,
@@ -188,90 +243,90 @@ class Ledger:
             raise CommitLogError(f"{where}: {entry['event']} cannot be read ({exc!r})") from exc
 
     def _committed(self, entry: Mapping[str, Any]) -> None:
-        time = parse_iso(entry["time"])
-        ended = entry.get("ended")
-        self._live[entry["call_id"]] = Recording(
-            call_id=entry["call_id"],
-            line=entry["line"],
-            agent=entry.get("agent"),
-            path=entry["path"],
-            purposes=_committed_purposes(entry),
-            committed=time,
-            ended=time if ended is None else parse_iso(ended),
-            caller_ref=entry.get("caller_ref"),
-            hold=None,
-            seq=entry["seq"],
+        call_id = entry["call_id"]
+        self._live[call_id] = _Row(
+            _text(call_id),
+            _name(entry["line"]),
+            _agent(entry.get("agent")),
+            _text(entry["path"]),
+            parse_iso(entry.get("ended") or entry["time"]),
+            entry.get("caller_ref"),
+            entry["seq"],
+            _committed_ends(entry),
         )
 
     def _resolved(self, entry: Mapping[str, Any]) -> None:
-        self._set_purpose(entry, resolved=True)
+        row = self._set_end(entry)
+        if row is not None:
+            row.resolved |= {_name(entry["purpose"])}
 
     def _extended(self, entry: Mapping[str, Any]) -> None:
-        self._set_purpose(entry, resolved=None)
+        self._set_end(entry)
 
-    def _set_purpose(self, entry: Mapping[str, Any], resolved: bool | None) -> None:
-        recording = self._live.get(entry["call_id"])
-        if recording is None:
-            return
-        name = entry["purpose"]
-        old = recording.purposes.get(name, PurposeState(None))
-        state = PurposeState(
-            _moment(entry["retain_until"]), old.resolved if resolved is None else resolved
-        )
-        purposes = {**recording.purposes, name: state}
-        self._live[recording.call_id] = replace(recording, purposes=purposes)
+    def _set_end(self, entry: Mapping[str, Any]) -> _Row | None:
+        row = self._live.get(entry["call_id"])
+        if row is not None:
+            row.ends[_name(entry["purpose"])] = _moment(entry["retain_until"])
+            row.snapshot = None
+        return row
 
     def _held(self, entry: Mapping[str, Any]) -> None:
-        hold = Hold(entry["actor"], entry["reason"], parse_iso(entry["time"]))
+        hold = Hold(_text(entry["actor"]), _text(entry["reason"]), parse_iso(entry["time"]))
         self._set_hold(entry["call_id"], hold)
 
     def _released(self, entry: Mapping[str, Any]) -> None:
         self._set_hold(entry["call_id"], None)
 
     def _set_hold(self, call_id: str, hold: Hold | None) -> None:
-        recording = self._live.get(call_id)
-        if recording is not None:
-            self._live[call_id] = replace(recording, hold=hold)
+        row = self._live.get(call_id)
+        if row is not None:
+            row.hold, row.snapshot = hold, None
 
     def _deleted(self, entry: Mapping[str, Any]) -> None:
-        call_id = entry["call_id"]
-        deletion = Deletion(
-            call_id=call_id,
-            path=entry["path"],
-            why=entry["why"],
-            time=parse_iso(entry["time"]),
-            actor=entry.get("actor"),
-            reason=entry.get("reason"),
-            seq=entry["seq"],
-            recording=self._live.pop(call_id, None),
+        call_id = _text(entry["call_id"])
+        row = self._live.pop(call_id, None)
+        path = _text(entry["path"])
+        if row is not None:  # one copy of each string serves both
+            call_id, path = row.call_id, row.path if row.path == path else path
+        gone = _Gone(
+            call_id,
+            path,
+            _name(entry["why"]),
+            parse_iso(entry["time"]),
+            _agent(entry.get("actor")),
+            entry.get("reason"),
+            entry["seq"],
+            row,
         )
-        self._gone[call_id] = deletion
-        self._deletions.append(deletion)
+        self._gone[call_id] = gone
+        self._deletions.append(gone)
 
     # -- queries --------------------------------------------------------------------------------
 
     def get(self, call_id: str) -> Recording | None:
         """The recording of ``call_id`` if it exists now."""
-        return self._live.get(call_id)
+        row = self._live.get(call_id)
+        return None if row is None else row.recording()
 
     def deletion(self, call_id: str) -> Deletion | None:
         """The last deletion logged for ``call_id``."""
-        return self._gone.get(call_id)
+        gone = self._gone.get(call_id)
+        return None if gone is None else gone.deletion()
 
     def recordings(
         self, purpose: str | None = None, caller_ref: str | None = None
     ) -> list[Recording]:
         """The recordings that exist now, in commit order, optionally of one purpose or caller."""
         return [
-            recording
-            for recording in self._live.values()
-            if (purpose is None or purpose in recording.purposes)
-            and (caller_ref is None or recording.caller_ref == caller_ref)
+            row.recording()
+            for row in self._live.values()
+            if (purpose is None or purpose in row.ends)
+            and (caller_ref is None or row.caller_ref == caller_ref)
         ]
 
     def due(self, now: datetime) -> list[Recording]:
         """The recordings a purge at ``now`` deletes."""
-        return [recording for recording in self._live.values() if recording.due(now)]
+        return [row.recording() for row in self._live.values() if row.due(now)]
 
     def overdue(self, now: datetime, slack: timedelta = OVERDUE_SLACK) -> list[Recording]:
         """The recordings still there more than ``slack`` after they fell due (held ones never)."""
@@ -280,7 +335,7 @@ class Ledger:
 
     def deletions(self) -> list[Deletion]:
         """Every logged deletion, in log order."""
-        return list(self._deletions)
+        return [gone.deletion() for gone in self._deletions]
 
     # -- decisions (they never change the ledger) -----------------------------------------------
 
@@ -288,11 +343,11 @@ class Ledger:
         self, call_id: str, purpose: str, now: datetime, terms: Mapping[str, Terms]
     ) -> datetime:
         """The ``retain_until`` that resolving ``purpose`` gives; see the module's rules."""
-        recording, state = self._purpose(call_id, purpose)
+        row, until = self._purpose(call_id, purpose)
         term = terms.get(purpose)
         grace = 0.0 if term is None else term.grace_days
-        limit = None if term is None else term.limit(recording.ended)
-        return _earliest(_earliest(_after(now, grace), limit), state.retain_until)
+        limit = None if term is None else term.limit(row.ended)
+        return _earliest(_earliest(_after(now, grace), limit), until)
 
     def extend(
         self, call_id: str, purpose: str, days: float, now: datetime, terms: Mapping[str, Terms]
@@ -300,49 +355,49 @@ class Ledger:
         """The ``retain_until`` that extending ``purpose`` by ``days`` from now gives."""
         if isinstance(days, bool) or not isinstance(days, int | float) or not days > 0:
             raise ProtocolError("bad_request", "days must be a number greater than 0")
-        recording, state = self._purpose(call_id, purpose)
+        row, until = self._purpose(call_id, purpose)
         term = terms.get(purpose)
         if term is None:
             raise ProtocolError(
                 "unknown_purpose", f"purpose {purpose!r} is not configured: it cannot be extended"
             )
-        if state.retain_until is None:
+        if until is None:
             raise ProtocolError(
                 "not_allowed",
                 f"call {call_id!r} is kept for {purpose!r} until that is resolved: "
                 "it has no end to extend",
             )
         wanted = _after(now, days)
-        _check_limit(recording, term, wanted)
-        return max(state.retain_until, wanted)
+        _check_limit(row, term, wanted)
+        return max(until, wanted)
 
     def check_hold(self, call_id: str) -> Recording:
         """Refuse a hold on a recording that is missing or held already."""
-        recording = self._existing(call_id)
-        if recording.hold is not None:
-            raise ProtocolError("not_allowed", f"call {call_id!r} is held already{_by(recording)}")
-        return recording
+        row = self._existing(call_id)
+        if row.hold is not None:
+            raise ProtocolError("not_allowed", f"call {call_id!r} is held already{_by(row.hold)}")
+        return row.recording()
 
     def check_release(self, call_id: str) -> Recording:
         """Refuse a release of a recording that is missing or not held."""
-        recording = self._existing(call_id)
-        if recording.hold is None:
+        row = self._existing(call_id)
+        if row.hold is None:
             raise ProtocolError("not_allowed", f"call {call_id!r} is not held")
-        return recording
+        return row.recording()
 
     def check_erasable(self, call_id: str) -> Recording:
         """Refuse an erasure of a recording that is missing or held."""
-        recording = self._existing(call_id)
-        if recording.hold is not None:
+        row = self._existing(call_id)
+        if row.hold is not None:
             raise ProtocolError(
-                "not_allowed", f"call {call_id!r} is held{_by(recording)}: it cannot be erased"
+                "not_allowed", f"call {call_id!r} is held{_by(row.hold)}: it cannot be erased"
             )
-        return recording
+        return row.recording()
 
-    def _existing(self, call_id: str) -> Recording:
-        recording = self._live.get(call_id)
-        if recording is not None:
-            return recording
+    def _existing(self, call_id: str) -> _Row:
+        row = self._live.get(call_id)
+        if row is not None:
+            return row
         gone = self._gone.get(call_id)
         if gone is None:
             raise ProtocolError("unknown_call", f"call {call_id!r} has no recording")
@@ -351,16 +406,15 @@ class Ledger:
             f"call {call_id!r} has no recording: it was deleted ({gone.why}) at {iso(gone.time)}",
         )
 
-    def _purpose(self, call_id: str, purpose: str) -> tuple[Recording, PurposeState]:
-        recording = self._existing(call_id)
-        state = recording.purposes.get(purpose)
-        if state is None:
-            kept_for = ", ".join(recording.purposes) or "nothing"
+    def _purpose(self, call_id: str, purpose: str) -> tuple[_Row, datetime | None]:
+        row = self._existing(call_id)
+        if purpose not in row.ends:
+            kept_for = ", ".join(row.ends) or "nothing"
             raise ProtocolError(
                 "unknown_purpose",
                 f"call {call_id!r} is not kept for {purpose!r} (it is kept for {kept_for})",
             )
-        return recording, state
+        return row, row.ends[purpose]
 
 
 def rebuild(path: Path) -> Ledger:
@@ -372,22 +426,50 @@ def rebuild(path: Path) -> Ledger:
     return ledger
 
 
-def _committed_purposes(entry: Mapping[str, Any]) -> dict[str, PurposeState]:
+def _committed_ends(entry: Mapping[str, Any]) -> dict[str, datetime | None]:
     """``retention`` per purpose; a log from before that field has one ``retain_until``."""
     retention = entry.get("retention")
     if retention is None:
         retention = dict.fromkeys(entry["purposes"], entry["retain_until"])
-    return {name: PurposeState(_moment(until)) for name, until in retention.items()}
+    return {_name(name): _moment(until) for name, until in retention.items()}
 
 
-def _check_limit(recording: Recording, term: Terms, wanted: datetime) -> None:
-    limit = term.limit(recording.ended)
+def _check_limit(row: _Row, term: Terms, wanted: datetime) -> None:
+    limit = term.limit(row.ended)
     if limit is not None and wanted > limit:
         raise ProtocolError(
             "not_allowed",
-            f"call {recording.call_id!r} may be kept for {term.name!r} until {iso(limit)} "
+            f"call {row.call_id!r} may be kept for {term.name!r} until {iso(limit)} "
             f"at most ({term.max_retention_days:g} days after the call ended)",
         )
+
+
+def _last(ends: Mapping[str, datetime | None]) -> datetime | None:
+    """The latest of ``ends``; None when one is None (no end yet) or there are none."""
+    latest = None
+    for end in ends.values():
+        if end is None:
+            return None
+        latest = end if latest is None else max(latest, end)
+    return latest
+
+
+def _name(value: object) -> str:
+    """A string that recurs in many entries (a line, a purpose): one copy serves them all,
+    which is a good part of the ledger's memory after years of deletions."""
+    return sys.intern(_text(value))
+
+
+def _agent(value: object) -> str | None:
+    """An agent or an actor: a recurring name, or None."""
+    return None if value is None else _name(value)
+
+
+def _text(value: object) -> str:
+    """A string field of a log entry; refused (so that ``apply`` names the line) otherwise."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
 
 
 def _after(now: datetime, days: float) -> datetime:
@@ -409,6 +491,5 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else iso(moment)
 
 
-def _by(recording: Recording) -> str:
-    hold = recording.hold
-    return "" if hold is None else f" (by {hold.actor} since {iso(hold.since)})"
+def _by(hold: Hold) -> str:
+    return f" (by {hold.actor} since {iso(hold.since)})"

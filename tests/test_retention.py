@@ -9,7 +9,7 @@ import pytest
 from hindsight.clock import iso
 from hindsight.commitlog import CommitLog
 from hindsight.errors import CommitLogError, ProtocolError
-from hindsight.retention import Ledger, Terms, rebuild
+from hindsight.retention import Ledger, PurposeState, Terms, rebuild
 
 DAY = timedelta(days=1)
 END = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -312,3 +312,17 @@ def test_rebuild_from_a_real_commit_log_equals_apply_of_the_same_entries(tmp_pat
     assert c2.purposes["escalation"].resolved and c2.retain_until == END + 30 * DAY
     assert c3.held and c3.retain_until is None
     assert [d.call_id for d in rebuilt.deletions()] == ["c4"]
+
+
+def test_a_recording_is_a_snapshot_and_the_next_one_shows_the_change() -> None:
+    log = Log()
+    log.commit("c1", "escalation")
+    before = log.ledger.get("c1")
+    log.add("recording_resolved", END + DAY, call_id="c1", purpose="escalation",
+            retain_until=iso(END + 31 * DAY), **WHO)  # fmt: skip
+    log.add("recording_held", END + DAY, call_id="c1", actor="legal", reason="court case")
+    after = log.ledger.get("c1")
+    assert before is not None and after is not None
+    assert not before.purposes["escalation"].resolved and not before.held
+    assert after.purposes["escalation"] == PurposeState(END + 31 * DAY, resolved=True)
+    assert after.held
