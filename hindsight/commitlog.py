@@ -90,6 +90,10 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every line: json.loads would build one, and sniff the encoding, per line.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _torn(name: str, raw: _RawLine, why: str) -> CommitLogError:
     return CommitLogError(
         f"{name} line {raw.number}: the tail is torn at byte offset {raw.offset} ({why}; "
@@ -101,7 +105,7 @@ def _parse(name: str, raw: _RawLine) -> dict[str, Any]:
     if raw.last and not raw.data.endswith(b"\n"):
         raise _torn(name, raw, "the last line has no line end")
     try:
-        obj = json.loads(raw.data, parse_constant=_reject_constant)
+        obj = _DECODER.decode(raw.data.decode("utf-8"))
     except ValueError as exc:
         if raw.last:
             raise _torn(name, raw, "the last line is not valid JSON") from exc
