@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,21 +50,3 @@ def test_a_dry_pool_is_logged_from_the_control_loop_once_per_change(
     watch.check()
     watch.check()
     assert [r.getMessage().startswith("chunk pool exhausted") for r in caplog.records] == [True]
-
-
-def test_the_capture_benchmark_runs_and_accounts_for_every_block() -> None:
-    bench = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "bench_capture.py"),
-            "--lines",
-            "2",
-            "--seconds",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert bench.returncode == 0, bench.stderr
-    assert "lines of 16 kHz stereo on one core" in bench.stdout
