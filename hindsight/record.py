@@ -32,6 +32,7 @@ class Committed:
     lost_seconds: float
     status_flags: int
     ended: str | None = None  # when the call ended (absent from records of before 0.2)
+    caller_ref: str | None = None  # the caller's keyed pseudonym, when start named a caller
 
     def to_log(self) -> dict[str, Any]:
         """The fields of ``call_committed``, in their order, as JSON values."""

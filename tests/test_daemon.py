@@ -85,7 +85,8 @@ def test_an_unkept_call_leaves_no_file_and_a_logged_wipe(tmp_path: Path) -> None
         d.ok({"op": "end", "line": "desk-01"})
         (wiped,) = d.wait_for_event("call_wiped")
     assert wiped["call_id"] == call_id and wiped["seconds"] > 0.3
-    assert files_under(d.state) == [d.state / "commit.log"]
+    # The log, and the key of callers' pseudonyms: nothing of the call.
+    assert files_under(d.state) == [d.state / "caller.key", d.state / "commit.log"]
     assert "+31205551234" not in (d.state / "commit.log").read_text()
     assert "+31205551234" not in d.stderr()
 

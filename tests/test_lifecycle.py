@@ -127,16 +127,17 @@ def test_a_purge_deletes_exactly_the_expired_recordings_and_a_hold_wins_until_re
     with lifecycle_daemon(tmp_path, lines=[("desk-01", [1, 2]), ("desk-02", [1, 2])]) as d:
         expiring = kept_call(d, "desk-01", "training")
         unresolved = kept_call(d, "desk-02", "escalation")
-        held = kept_call(d, "desk-01", "training")
+        # Kept until resolved, so that it cannot be purged before the hold is on; then
+        # resolved, so that only the hold keeps it.
+        held = kept_call(d, "desk-01", "escalation")
         d.wait_for_event("call_committed", count=3, timeout=15)
         d.ok({"op": "hold", "call_id": held, **by()})
+        d.ok({"op": "resolve", "call_id": held, "purpose": "escalation", **by()})
         wait_until(lambda: expiring in deleted(d), timeout=15, what="the purge")
         time.sleep(1.5)  # another purge or two
         assert deleted(d) == {expiring: "expired"}
         refused = d.request({"op": "erase", "call_id": held, **by()})
         assert refused["error"]["code"] == "not_allowed"
-        by_caller = d.request({"op": "recordings", "caller": "+31201234567"})
-        assert by_caller["error"]["code"] == "not_allowed", "not an empty answer to a SAR"
         listed = {r["call_id"]: r for r in d.ok({"op": "recordings"})["recordings"]}
         assert set(listed) == {unresolved, held}
         assert listed[held]["held"] and listed[unresolved]["retain_until"] is None
@@ -186,7 +187,8 @@ def test_a_learning_moment_extends_a_training_recording_but_never_past_its_cap(
     tmp_path: Path,
 ) -> None:
     with lifecycle_daemon(tmp_path) as d:
-        call_id = kept_call(d, "desk-01", "training")
+        # Escalation too, unresolved: nothing can purge it before the extension is on.
+        call_id = kept_call(d, "desk-01", "training", "escalation")
         d.wait_for_event("call_committed", timeout=15)
         asked = {"op": "extend", "call_id": call_id, "purpose": "training"}
         reply = d.ok({**asked, "days": 0.5, **by(reason="learning moment")})
@@ -194,10 +196,38 @@ def test_a_learning_moment_extends_a_training_recording_but_never_past_its_cap(
         assert timedelta(hours=11.9) < until - datetime.now(UTC) < timedelta(hours=12.1)
         too_long = d.request({**asked, "days": 2, **by()})
         assert too_long["error"]["code"] == "not_allowed"
-        time.sleep(4.0)  # past training's own retention: the extension holds it
+        d.ok({"op": "resolve", "call_id": call_id, "purpose": "escalation", **by()})
+        time.sleep(3.0)  # purges, past training's own retention: the extension keeps it
         assert call_id not in deleted(d)
         (extended,) = d.events("recording_extended")
         assert (extended["retain_until"], extended["reason"]) == (
             reply["retain_until"],
             "learning moment",
         )
+
+
+def test_a_callers_number_is_kept_nowhere_yet_finds_their_recordings(tmp_path: Path) -> None:
+    lines = [("desk-01", [1, 2]), ("desk-02", [1, 2])]
+    with lifecycle_daemon(tmp_path, lines=lines) as d:
+        ours = d.ok({"op": "start", "line": "desk-01", "caller": "+31 20 555-0199"})["call_id"]
+        theirs = d.ok({"op": "start", "line": "desk-02", "caller": "+31205550100"})["call_id"]
+        time.sleep(0.6)
+        for line in ("desk-01", "desk-02"):
+            d.ok({"op": "mark", "line": line, "note": "customer shouting"})
+            d.ok({"op": "end", "line": line})
+        d.wait_for_event("call_committed", count=2, timeout=15)
+        asked = d.ok({"op": "recordings", "caller": "+31205550199"})["recordings"]
+        assert [r["call_id"] for r in asked] == [ours], "found however the number is written"
+        assert d.ok({"op": "recordings", "caller": "+44 20 7946 0000"})["recordings"] == []
+    started = {e["call_id"]: e["caller_ref"] for e in d.events("call_started")}
+    assert len(set(started.values())) == 2 and all(len(ref) == 64 for ref in started.values())
+    committed = {e["call_id"]: e for e in d.events("call_committed")}
+    sidecar = json.loads((d.state / committed[ours]["path"]).with_suffix(".json").read_text())
+    assert sidecar["caller_ref"] == committed[ours]["caller_ref"] == started[ours]
+    assert theirs in committed
+    assert (d.state / "caller.key").stat().st_mode & 0o777 == 0o600
+    everything = [p.read_bytes() for p in d.state.rglob("*") if p.is_file()]
+    everything.append(d.stderr().encode())
+    for blob in everything:
+        for written in (b"5550199", b"5550100", b"555-0199"):
+            assert written not in blob

@@ -11,6 +11,7 @@ from hindsight.config import parse_config
 from hindsight.daemon.buffer import Pool
 from hindsight.daemon.calls import Call, CallTable
 from hindsight.daemon.lifecycle import Lifecycle
+from hindsight.daemon.pseudonym import Pseudonyms
 from hindsight.daemon.service import Service
 from hindsight.errors import CommitLogError
 from hindsight.retention import Ledger
@@ -49,7 +50,7 @@ def service(tmp_path: Path) -> tuple[Service, FullDiskLog, Ended]:
     log = FullDiskLog.open(tmp_path / "commit.log")
     ended = Ended()
     table = CallTable(config, Pool(1), draw=lambda: False)
-    lifecycle = Lifecycle(config, Ledger(), log, Deletions())
+    lifecycle = Lifecycle(config, Ledger(), log, Deletions(), Pseudonyms(b"k" * 32))
     svc = Service(config, table, ended, log, lambda: {"default": "running"}, lifecycle)
     return svc, log, ended
 

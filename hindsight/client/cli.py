@@ -222,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("line")
     start.add_argument("--call-id")
     start.add_argument("--agent")
-    start.add_argument("--caller", help="the caller's number (validated, never stored)")
+    start.add_argument(
+        "--caller", help="the caller's number (never stored: only its keyed pseudonym is kept)"
+    )
     told = start.add_mutually_exclusive_group()
     told.add_argument(
         "--announce",

@@ -52,6 +52,7 @@ class Call:
     ended: datetime | None = None
     marks: list[MarkEvent] = field(default_factory=list)
     announced: tuple[str, ...] = ()  # purposes the caller was told of; none: never buffered
+    caller_ref: str | None = None  # the caller's keyed pseudonym; the number is never kept
     status_flags: int = 0  # blocks PortAudio flagged (overflow and the like)
     gap_frames: int = 0  # frames a failed device did not deliver (silence in the file)
     gaps: list[list[int]] = field(default_factory=list)  # [first frame, frames] of each gap

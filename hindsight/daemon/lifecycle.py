@@ -16,8 +16,8 @@ Rules:
   ``retain_until`` passed, none held), each with its own ``recording_deleted``
   (``why: "expired"``). The daemon purges by itself at start-up and every
   ``retention.purge_interval_seconds``.
-- Caller numbers are not kept yet, so ``recordings`` cannot search by caller:
-  it says so rather than answer an empty list to a subject access request.
+- ``recordings {caller}`` finds a caller's recordings through the caller's keyed
+  pseudonym (``pseudonym``): a subject access request; the number is never kept.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Any, Protocol
 from hindsight.clock import iso, utcnow
 from hindsight.commitlog import CommitLog
 from hindsight.config import Config
+from hindsight.daemon.pseudonym import Pseudonyms
 from hindsight.durable import fsync_dir
-from hindsight.errors import ProtocolError
 from hindsight.layout import inside, sidecar_path
 from hindsight.retention import Ledger, Recording, Terms
 
@@ -63,8 +63,10 @@ class Lifecycle:
         ledger: Ledger,
         commit_log: CommitLog,
         deleter: Deleter,
+        pseudonyms: Pseudonyms,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.pseudonyms = pseudonyms
         self.terms = terms(config)
         self.ledger = ledger
         self.log = commit_log
@@ -78,13 +80,10 @@ class Lifecycle:
             self.ledger.apply(entry)
 
     def recordings(self, purpose: str | None, caller: str | None) -> list[dict[str, Any]]:
-        if caller is not None:
-            raise ProtocolError(
-                "not_allowed",
-                "caller numbers are not kept, so recordings cannot be found by caller yet",
-            )
+        caller_ref = None if caller is None else self.pseudonyms.ref(caller)
         with self._lock:
-            return [recording.to_json() for recording in self.ledger.recordings(purpose)]
+            found = self.ledger.recordings(purpose, caller_ref)
+            return [recording.to_json() for recording in found]
 
     def resolve(self, call_id: str, purpose: str, actor: str, reason: str) -> str:
         with self._lock:

@@ -41,6 +41,7 @@ from hindsight.daemon.host import check_host, make_state_dir
 from hindsight.daemon.keeper import Keeper, process_spawner
 from hindsight.daemon.lifecycle import Lifecycle, finish_deletions
 from hindsight.daemon.memory import PoolMemory
+from hindsight.daemon.pseudonym import Pseudonyms
 from hindsight.daemon.recovery import settle_open_calls
 from hindsight.daemon.server import ControlServer
 from hindsight.daemon.service import Service
@@ -97,7 +98,8 @@ class Daemon:
         )
         ledger = rebuild(commit_log.path)
         finish_deletions(ledger, self.config.daemon.state_dir)
-        lifecycle = Lifecycle(self.config, ledger, commit_log, keeper)
+        pseudonyms = Pseudonyms.open(self.config.daemon.state_dir)
+        lifecycle = Lifecycle(self.config, ledger, commit_log, keeper, pseudonyms)
         sources = build_sources(self.config)
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         server = ControlServer(context, self.config.daemon.control)

@@ -102,11 +102,14 @@ class Service:
         return {"version": __version__}
 
     def _start(self, request: Start) -> dict[str, Any]:
-        # The caller's number is validated but never stored or logged: until it
-        # can be kept as a keyed pseudonym, not holding it is the safe choice.
         for name in request.announced or ():
             self._declared(name)
         call = self.table.start(request.line, request.call_id, request.agent, request.announced)
+        # The caller's number goes no further than this line: only its keyed pseudonym is
+        # kept, logged and written to the sidecar.
+        if request.caller is not None:
+            call.caller_ref = self.lifecycle.pseudonyms.ref(request.caller)
+        extra = {} if call.caller_ref is None else {"caller_ref": call.caller_ref}
         try:
             self.log.append(
                 "call_started",
@@ -114,6 +117,7 @@ class Service:
                 line=call.line.name,
                 agent=call.agent,
                 announced=list(call.announced),
+                **extra,
             )
         except HindsightError as exc:
             # A call the log does not know of must not be buffered at all.

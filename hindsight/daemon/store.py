@@ -210,6 +210,7 @@ def describe(call: Call, config: Config) -> Keep:
         "lost_seconds": round(call.gap_frames / rate, 3),
         "status_flags": call.status_flags,
         "ended": iso(call.ended),
+        "caller_ref": call.caller_ref,
     }
     channels = len(call.line.channels)
     extra = _sidecar_extra(call, config, retention)
