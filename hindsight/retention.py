@@ -44,6 +44,7 @@ from typing import Any
 
 from hindsight.clock import iso, parse_iso
 from hindsight.commitlog import LOG_NAME, read_entries
+from hindsight.config import PurposeConfig
 from hindsight.errors import CommitLogError, ProtocolError
 
 OVERDUE_SLACK = timedelta(days=1)
@@ -58,6 +59,16 @@ class Terms:
     until_resolved: bool
     grace_days: float
     max_retention_days: float | None
+
+    @classmethod
+    def of(cls, purpose: PurposeConfig) -> Terms:
+        return cls(
+            purpose.name,
+            purpose.retention_days,
+            purpose.until_resolved,
+            purpose.grace_days,
+            purpose.max_retention_days,
+        )
 
     def limit(self, ended: datetime) -> datetime | None:
         """The latest a recording of a call that ended at ``ended`` may be kept, or None."""

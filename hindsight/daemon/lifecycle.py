@@ -48,12 +48,7 @@ class Deleter(Protocol):
 
 def terms(config: Config) -> dict[str, Terms]:
     """Each configured purpose's retention terms, as the ledger takes them."""
-    return {
-        p.name: Terms(
-            p.name, p.retention_days, p.until_resolved, p.grace_days, p.max_retention_days
-        )
-        for p in config.purposes
-    }
+    return {purpose.name: Terms.of(purpose) for purpose in config.purposes}
 
 
 class Lifecycle:

@@ -30,7 +30,6 @@ import os
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,7 +37,7 @@ import soundfile as sf
 
 from hindsight import __version__
 from hindsight.clock import iso
-from hindsight.config import Config, PurposeConfig
+from hindsight.config import Config
 from hindsight.daemon.buffer import Int16Array
 from hindsight.daemon.calls import Call
 from hindsight.durable import fsync_dir, make_dirs
@@ -52,6 +51,7 @@ from hindsight.layout import (
     sidecar_path,
 )
 from hindsight.record import Committed
+from hindsight.retention import Terms
 
 COPY_BLOCK = 1 << 20
 
@@ -217,20 +217,14 @@ def describe(call: Call, config: Config) -> Keep:
     return Keep(call.call_id, day_folder(call.started), rate, channels, fields, extra)
 
 
-def retain_until(purpose: PurposeConfig, ended: datetime) -> datetime | None:
-    """When a purpose of a call that ended at ``ended`` is served: a fixed time after the
-    end, or (until_resolved) never before a resolve, except at its cap."""
-    days = purpose.max_retention_days if purpose.until_resolved else purpose.retention_days
-    return None if days is None else ended + timedelta(days=days)
-
-
 def _retention(call: Call, config: Config) -> dict[str, str | None]:
     assert call.ended is not None
     retention: dict[str, str | None] = {}
     for name in purposes(call, config.sampling.purpose):
         purpose = config.purpose(name)
         assert purpose is not None
-        until = retain_until(purpose, call.ended)
+        # The ledger's own rule, so that the log and the ledger can never disagree.
+        until = Terms.of(purpose).first_retain_until(call.ended)
         retention[name] = None if until is None else iso(until)
     return retention
 
