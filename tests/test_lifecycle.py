@@ -144,7 +144,9 @@ def test_a_purge_deletes_exactly_the_expired_recordings_and_a_hold_wins_until_re
         d.ok({"op": "release", "call_id": held, **by()})
         wait_until(lambda: held in deleted(d), timeout=15, what="the purge after release")
         assert set(deleted(d)) == {expiring, held}
-        assert files(d) == {f"{unresolved}.flac", f"{unresolved}.json"}
+        # Logged first, then unlinked by the worker.
+        left = {f"{unresolved}.flac", f"{unresolved}.json"}
+        wait_until(lambda: files(d) == left, what="the worker's unlink")
         assert audit.verify(d.state).ok
 
 
@@ -162,7 +164,7 @@ def test_a_two_purpose_recording_stays_until_its_last_purpose_is_served(
         wait_until(lambda: both in deleted(d), timeout=15, what="the purge after resolve")
         (resolved,) = d.events("recording_resolved")
         assert (resolved["actor"], resolved["reason"]) == ("auditor", "test")
-        assert files(d) == set()
+        wait_until(lambda: files(d) == set(), what="the worker's unlink")
 
 
 def test_an_erasure_cut_short_by_a_crash_is_finished_at_restart(tmp_path: Path) -> None:
