@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
+import pyrage
+
 from hindsight.errors import ConfigError
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
@@ -92,6 +94,13 @@ class AudioConfig:
 class BufferConfig:
     max_call_seconds: float
     memory_mb: int
+    require_lock: bool = False  # refuse to start when the pool cannot be locked in memory
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    recipients: tuple[str, ...] = ()  # age X25519 recipients of every recording
+    require_encryption: bool = False  # refuse to start unless every purpose has a recipient
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,7 @@ class PurposeConfig:
     until_resolved: bool
     grace_days: float  # how long the purpose still holds after `resolve` (either rule)
     max_retention_days: float | None  # None: no cap
+    recipients: tuple[str, ...] = ()  # age recipients added for recordings kept for it
 
 
 @dataclass(frozen=True)
@@ -142,12 +152,25 @@ class Config:
     marking: MarkingConfig
     worker: WorkerConfig
     retention: RetentionConfig
+    storage: StorageConfig
     lines: tuple[LineConfig, ...]
     purposes: tuple[PurposeConfig, ...]
     path: Path | None
 
     def purpose(self, name: str) -> PurposeConfig | None:
         return next((p for p in self.purposes if p.name == name), None)
+
+    def recipients(self, purposes: Iterable[str]) -> tuple[str, ...]:
+        """Who may open a recording kept for ``purposes``: the global recipients and theirs."""
+        found = list(self.storage.recipients)
+        for name in purposes:
+            purpose = self.purpose(name)
+            found += purpose.recipients if purpose is not None else ()
+        return tuple(dict.fromkeys(found))
+
+    def unencrypted(self) -> list[str]:
+        """The purposes whose recordings would be written in plain FLAC (no recipient at all)."""
+        return [p.name for p in self.purposes if not self.recipients([p.name])]
 
     def line(self, name: str) -> LineConfig | None:
         return next((line for line in self.lines if line.name == name), None)
@@ -278,6 +301,35 @@ def _list_item(index: int, raw: object, parse: Callable[[object], T]) -> T:
         raise ValueError(f"item {index}: {error}") from None
 
 
+class _Recipients(_Value[tuple[str, ...]]):
+    """A list of distinct age X25519 recipients (``age1...``), checked by the age library."""
+
+    def parse(self, raw: object) -> tuple[str, ...]:
+        if not isinstance(raw, list):
+            raise ValueError(f"expected a list of age recipients ('age1...'), {_got(raw)}")
+        found = tuple(_list_item(index, item, _recipient) for index, item in enumerate(raw))
+        for index, recipient in enumerate(found):
+            if recipient in found[:index]:
+                raise ValueError(f"item {index}: {_clip(repr(recipient))} is listed twice")
+        return found
+
+
+def _recipient(raw: object) -> str:
+    text = _expect_str(raw).strip()
+    try:
+        pyrage.x25519.Recipient.from_str(text)
+    except pyrage.RecipientError:
+        hint = (
+            " (that is a secret identity: list its public recipient)"
+            if text.upper().startswith("AGE-SECRET-KEY-")
+            else ""
+        )
+        # An identity pasted by mistake is a secret: never echo it.
+        shown = "a secret key" if hint else _clip(repr(text))
+        raise ValueError(f"not an age X25519 recipient ('age1...'), got {shown}{hint}") from None
+    return text
+
+
 class _Endpoint(_Value[str]):
     def parse(self, raw: object) -> str:
         endpoint = _expect_str(raw)
@@ -361,6 +413,7 @@ _AUDIO: Final[_Schema] = {
 _BUFFER: Final[_Schema] = {
     "max_call_seconds": _Key(_Float(0, 86400), 7200),
     "memory_mb": _Key(_Int(1, 1048576), 1024),
+    "require_lock": _Key(_Bool(), False),
 }
 _SAMPLING: Final[_Schema] = {
     "one_in": _Key(_Int(0), 10),
@@ -373,6 +426,10 @@ _WORKER: Final[_Schema] = {"hang_seconds": _Key(_Float(0, 3600), 60)}
 _RETENTION: Final[_Schema] = {
     "purge_interval_seconds": _Key(_Float(0, MAX_PURGE_INTERVAL_SECONDS), 3600),
 }
+_STORAGE: Final[_Schema] = {
+    "recipients": _Key(_Recipients(), []),
+    "require_encryption": _Key(_Bool(), False),
+}
 _SECTIONS: Final[Mapping[str, _Schema]] = {
     "daemon": _DAEMON,
     "audio": _AUDIO,
@@ -381,6 +438,7 @@ _SECTIONS: Final[Mapping[str, _Schema]] = {
     "marking": _MARKING,
     "worker": _WORKER,
     "retention": _RETENTION,
+    "storage": _STORAGE,
 }
 _DEVICE: Final[_Schema] = {
     "name": _Key(_Id()),
@@ -400,6 +458,7 @@ _PURPOSE: Final[_Schema] = {
     "until_resolved": _Key(_Bool(), False),
     "grace_days": _Key(_Float(0, MAX_DAYS, low_allowed=True), 0),
     "max_retention_days": _Key(_Float(0, MAX_DAYS), None),  # >= retention_days: a cross-check
+    "recipients": _Key(_Recipients(), []),
 }
 _DEFAULT_PURPOSES: Final[Mapping[str, object]] = {
     "training": {"legal_basis": "legitimate-interest", "retention_days": 92},
@@ -625,6 +684,22 @@ def _check_announced(
             _check_declared(f"lines[{index}].announced", name, declared, problems)
 
 
+def _check_encryption(
+    storage: dict[str, Any], purposes: list[dict[str, Any]], problems: _Problems
+) -> None:
+    """With ``require_encryption``, every purpose has a recipient, global or its own."""
+    if not storage.get("require_encryption") or "recipients" not in storage:
+        return
+    bare = [p["name"] for p in purposes if not storage["recipients"] and not p.get("recipients")]
+    if bare:
+        names = ", ".join(repr(name) for name in bare)
+        problems.add(
+            "storage.require_encryption",
+            f"no age recipient for purpose {names}: list one in storage.recipients "
+            f"or purposes.{bare[0]}.recipients",
+        )
+
+
 # --- phase 3: build, only from a problem-free parse ---
 
 
@@ -671,6 +746,7 @@ def _build(
         marking=MarkingConfig(**sections["marking"]),
         worker=WorkerConfig(**sections["worker"]),
         retention=RetentionConfig(**sections["retention"]),
+        storage=StorageConfig(**sections["storage"]),
         lines=tuple(LineConfig(**entry) for entry in lines),
         purposes=tuple(PurposeConfig(**entry) for entry in purposes),
         path=path,
@@ -698,6 +774,7 @@ def parse_config(data: dict[str, Any], base_dir: Path, path: Path | None = None)
     declared = [entry["name"] for entry in purposes]
     _check_purpose_refs(sections, declared, problems)
     _check_announced(lines, declared, problems)
+    _check_encryption(sections["storage"], purposes, problems)
     problems.raise_if_any()
     return _build(sections, devices, lines, purposes, base, path)
 
