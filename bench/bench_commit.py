@@ -310,7 +310,11 @@ class Bench:
 
         def keep() -> None:
             store = Store(self.config.daemon.state_dir)
-            results.append(store.keep(describe(call, self.config), call.buffer.views()))
+            results.append(
+                store.keep(
+                    describe(call, self.config), call.buffer.views(), call.buffer.kept_frames
+                )
+            )
 
         def begin() -> Done:
             thread = threading.Thread(target=keep, name="committer")

@@ -254,7 +254,7 @@ def _not_due(recording: Recording) -> str:
 
 
 # What a recording of each kind begins with.
-MAGIC = {".flac": b"fLaC"}
+MAGIC = {".flac": b"fLaC", ".age": b"age-encryption.org/v1\n"}
 
 
 def _check_sidecar(state_dir: Path, commit: _Commit) -> str | None:

@@ -2,9 +2,10 @@
 
 One place names every path of a recording, so that the store (writing), the
 worker redoing a job, recovery after a crash and the auditor agree on what
-belongs to a call: ``recordings/YYYY/MM/DD/<call_id>.flac``, its sidecar
-``<call_id>.json`` beside it (named by the call, whatever the recording's
-suffix), and the store's temp files ``.<call_id>.flac.<random>.tmp``.
+belongs to a call: ``recordings/YYYY/MM/DD/<call_id>.flac`` (``.flac.age`` when
+encrypted), its sidecar ``<call_id>.json`` beside it (named by the call,
+whatever the recording's suffix), and the store's temp files
+``.<call_id>.<suffix>.<random>.tmp``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 RECORDINGS = "recordings"
 RECORDING_SUFFIX = ".flac"
+ENCRYPTED_SUFFIX = ".flac.age"
 AnyPath = TypeVar("AnyPath", bound=PurePath)
 _FOLDERS = f"{RECORDINGS}/*/*/*"
 
@@ -32,8 +34,9 @@ def day_folder(started: datetime) -> str:
     return f"{started:%Y/%m/%d}"
 
 
-def recording_path(state_dir: Path, folder: str, call_id: str) -> Path:
-    return state_dir / RECORDINGS / folder / f"{call_id}{RECORDING_SUFFIX}"
+def recording_path(state_dir: Path, folder: str, call_id: str, encrypted: bool = False) -> Path:
+    suffix = ENCRYPTED_SUFFIX if encrypted else RECORDING_SUFFIX
+    return state_dir / RECORDINGS / folder / f"{call_id}{suffix}"
 
 
 def sidecar_path(recording: AnyPath, call_id: str) -> AnyPath:
@@ -70,6 +73,7 @@ def partials(state_dir: Path, call_id: str) -> list[Path]:
     """Every file of ``call_id`` under recordings/: temp files, a recording, a sidecar."""
     return [
         *state_dir.glob(f"{_FOLDERS}/.{call_id}.*.tmp"),
-        *state_dir.glob(f"{_FOLDERS}/{call_id}.flac"),
+        *state_dir.glob(f"{_FOLDERS}/{call_id}{RECORDING_SUFFIX}"),
+        *state_dir.glob(f"{_FOLDERS}/{call_id}{ENCRYPTED_SUFFIX}"),
         *state_dir.glob(f"{_FOLDERS}/{call_id}.json"),
     ]

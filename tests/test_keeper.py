@@ -36,11 +36,11 @@ class FlakyStore(Store):
         self.failures = failures
         self.attempts = 0
 
-    def keep(self, keep: Keep, views: Iterable[Int16Array]) -> Committed:
+    def keep(self, keep: Keep, views: Iterable[Int16Array], frames: int) -> Committed:
         self.attempts += 1
         if self.attempts <= self.failures:
             raise StoreError("No space left on device")
-        return super().keep(keep, views)
+        return super().keep(keep, views, frames)
 
 
 class FlakyLog(CommitLog):
@@ -210,7 +210,7 @@ class DyingStore(FlakyStore):
 
     born: list[ThreadWorker]
 
-    def keep(self, keep: Keep, views: Iterable[Int16Array]) -> Committed:
+    def keep(self, keep: Keep, views: Iterable[Int16Array], frames: int) -> Committed:
         if self.attempts == 0:
             self.attempts += 1
             folder = self.root / "recordings" / keep.folder
@@ -218,7 +218,7 @@ class DyingStore(FlakyStore):
             (folder / f".{keep.call_id}.flac.dead.tmp").write_bytes(b"half")
             self.born[-1].kill()
             raise StoreError("killed")
-        return super().keep(keep, views)
+        return super().keep(keep, views, frames)
 
 
 def test_a_worker_lost_mid_job_is_replaced_and_the_job_redone(
@@ -263,11 +263,11 @@ class GatedStore(Store):
         self.gate = threading.Event()
         self.writes = 0
 
-    def keep(self, keep: Keep, views: Iterable[Int16Array]) -> Committed:
+    def keep(self, keep: Keep, views: Iterable[Int16Array], frames: int) -> Committed:
         self.writes += 1
         if self.writes == 1:
             assert self.gate.wait(10)
-        return super().keep(keep, views)
+        return super().keep(keep, views, frames)
 
 
 def test_wipes_waiting_for_the_worker_go_before_recordings(

@@ -41,7 +41,9 @@ def ended_call(config: Config, call_id: str = "c-1") -> Call:
 
 def commit(config: Config, call: Call) -> Committed:
     """What the worker does with a kept call: the daemon's description, the pool's audio."""
-    return Store(config.daemon.state_dir).keep(describe(call, config), call.buffer.views())
+    return Store(config.daemon.state_dir).keep(
+        describe(call, config), call.buffer.views(), call.buffer.kept_frames
+    )
 
 
 def files(root: Path) -> list[str]:
@@ -94,10 +96,10 @@ def test_a_sidecar_that_fails_takes_its_recording_back(
 ) -> None:
     real = store_module.write_durably
 
-    def no_json(final: Path, data: bytes, tick: Any = None) -> tuple[Path, str]:
+    def no_json(final: Path, fill: Any, tick: Any = None) -> tuple[Path, str]:
         if final.suffix == ".json":
             raise OSError(28, "No space left on device")
-        return real(final, data)
+        return real(final, fill)
 
     monkeypatch.setattr(store_module, "write_durably", no_json)
     call = ended_call(config)

@@ -180,6 +180,9 @@ def render_status(reply: dict[str, Any]) -> str:
     if worker:
         pid = worker["pid"] if worker["pid"] is not None else "restarting"
         text += f"\n\nworker: pid {pid}, {worker['restarts']} restart(s)"
+    bare = (reply.get("encryption") or {}).get("unencrypted_purposes")
+    if bare:
+        text += f"\nNOT ENCRYPTED: recordings kept for {', '.join(bare)}"
     return text
 
 

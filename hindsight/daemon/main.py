@@ -148,6 +148,7 @@ class Daemon:
             self.config.daemon.control,
         )
         _warn_if_pool_is_small(self.config, pool)
+        _warn_if_unencrypted(self.config)
         systemd.notify("READY=1")
 
     def _loop(self, server: ControlServer, service: Service, table: CallTable) -> None:
@@ -262,6 +263,16 @@ def _warn_if_pool_is_small(config: Config, pool: Pool) -> None:
             "buffer.max_call_seconds (%.0f s): long calls will roll early under load",
             seconds,
             config.buffer.max_call_seconds,
+        )
+
+
+def _warn_if_unencrypted(config: Config) -> None:
+    bare = config.unencrypted()
+    if bare:
+        log.warning(
+            "recordings kept for %s are NOT encrypted: anyone who reads the disk can play them; "
+            "list age recipients in storage.recipients (and set storage.require_encryption)",
+            ", ".join(bare),
         )
 
 

@@ -218,7 +218,14 @@ class Service:
             for s in self.table.status()
         ]
         devices = [{"device": name, "state": state} for name, state in self.device_states().items()]
-        return {"lines": lines, "devices": devices, "worker": self.keeper.state()}
+        bare = self.config.unencrypted()
+        encryption = {"encrypted": not bare, "unencrypted_purposes": bare}
+        return {
+            "lines": lines,
+            "devices": devices,
+            "worker": self.keeper.state(),
+            "encryption": encryption,
+        }
 
     def end_all(self) -> None:
         """Stop taking calls and hand every live call to the keeper."""

@@ -1,24 +1,28 @@
-"""Recordings on disk: what a kept call's record says, FLAC encoding, and the durable write.
+"""Recordings on disk: what a kept call's record says, and the durable write of its bytes.
 
 Rules:
 
 - Two halves. ``describe`` runs in the daemon: it turns an ended call into a
-  ``Keep``, everything about the recording except its audio, path and hash.
+  ``Keep``, everything about the recording except its audio, path and hash:
+  reasons, purposes, retention, and who may read it (its age recipients).
   ``Store`` runs in the worker process only: it reads the audio from the
   shared pool and writes the files; it never runs on the audio thread or in
   the control loop.
+- What the bytes are is ``hindsight.daemon.encode``'s business (FLAC encoded
+  as it is read, then age-encrypted as it is read); where and how they land is
+  ``Sink``'s: a temp file in the target folder that hashes what it is given.
+  Nothing is built whole in memory, and with recipients no plaintext
+  recording touches the disk (``<call_id>.flac.age``; without, ``.flac``).
 - Writing a call is idempotent, because a worker that died is replaced and
   its job redone: a recording that already landed whole (sidecar and file
   whose hash matches) is reported again, not written twice; the partial
   files of an earlier attempt are removed first.
-- A call is encoded to FLAC in memory, chunk by chunk (libsndfile has crashed
-  on one huge write), then streamed through ``Sink`` into a temporary file in
-  the target folder. The sink is the seam where encryption will wrap the
-  stream, so that plaintext never has to touch the disk.
 - A file appears under its final name only whole: temp file, fsync, link to
   the final name (which never replaces an existing file), fsync the folder.
-- The sidecar is written the same way, and only after both are durable does
-  the worker report the call ``stored``, and the daemon append ``call_committed``.
+- The sidecar is readable metadata, written the same way; an agent's note in
+  it is sealed to the recording's recipients (``note_age``), never plain. Only
+  after both are durable does the worker report the call ``stored``, and the
+  daemon append ``call_committed``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from hindsight.clock import iso
 from hindsight.config import Config
 from hindsight.daemon.buffer import Int16Array
 from hindsight.daemon.calls import Call
+from hindsight.daemon.encode import FlacStream, pour, seal_text
 from hindsight.durable import fsync_dir, make_dirs
 from hindsight.errors import StoreError
 from hindsight.layout import (
@@ -73,25 +78,22 @@ class Keep:
     channels: int
     fields: dict[str, Any]  # call_committed's fields but path and sha256
     extra: dict[str, Any]  # what the sidecar holds beyond those
+    recipients: tuple[str, ...]  # age recipients; none: a plain FLAC
 
     def to_wire(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return dict(vars(self), recipients=list(self.recipients))
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Keep:
-        return cls(**data)
+        return cls(**dict(data, recipients=tuple(data["recipients"])))
 
 
-def encode_flac(views: Iterable[Int16Array], samplerate: int, channels: int) -> bytes:
-    memory = io.BytesIO()
-    with sf.SoundFile(memory, "w", samplerate, channels, subtype="PCM_16", format="FLAC") as flac:
-        for view in views:
-            flac.write(view)
-    return memory.getvalue()
+class Sink(io.RawIOBase):
+    """A temporary file that hashes what passes through it and lands atomically.
 
-
-class Sink:
-    """A temporary file that hashes what passes through it and lands atomically."""
+    A writable raw stream, so that an encoder or the age encryptor writes straight into it;
+    ``tick`` is called on every write (the worker's heartbeat).
+    """
 
     def __init__(self, final: Path) -> None:
         self.final = final
@@ -101,9 +103,16 @@ class Sink:
         os.chmod(self.temp, 0o640)
         self._hash = hashlib.sha256()
 
-    def write(self, data: bytes) -> None:
+    tick: Tick = staticmethod(_quiet)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
         self._file.write(data)
         self._hash.update(data)
+        self.tick()
+        return len(data)
 
     @property
     def sha256(self) -> str:
@@ -125,13 +134,14 @@ class Sink:
         self.temp.unlink(missing_ok=True)
 
 
-def write_durably(final: Path, data: bytes, tick: Tick = _quiet) -> tuple[Path, str]:
-    """Write ``data`` to ``final`` durably; ``tick`` is called between blocks (a heartbeat)."""
+def write_durably(
+    final: Path, fill: Callable[[Sink], object], tick: Tick = _quiet
+) -> tuple[Path, str]:
+    """Land at ``final`` durably what ``fill`` writes into a sink; return its path and hash."""
     sink = Sink(final)
+    sink.tick = tick
     try:
-        for at in range(0, len(data), COPY_BLOCK):
-            sink.write(data[at : at + COPY_BLOCK])
-            tick()
+        fill(sink)
         return sink.land(), sink.sha256
     except BaseException:
         sink.discard()
@@ -145,29 +155,35 @@ class Store:
         self.root = state_dir
         self.tick = tick  # called often during long work: the worker's heartbeat
 
-    def keep(self, keep: Keep, views: Iterable[Int16Array]) -> Committed:
-        """Write ``views`` as FLAC plus sidecar; return the fields of its ``call_committed``."""
+    def keep(self, keep: Keep, views: Iterable[Int16Array], frames: int) -> Committed:
+        """Write ``views`` (``frames`` frames) as a recording plus sidecar; return the fields
+        of its ``call_committed``."""
         try:
-            return self._keep(keep, views)
+            return self._keep(keep, views, frames)
         except (OSError, sf.LibsndfileError, RuntimeError) as exc:
             # No call id: the daemon's own log must not tell which calls are kept.
             raise StoreError(f"cannot write a recording: {exc}") from exc
 
-    def _keep(self, keep: Keep, views: Iterable[Int16Array]) -> Committed:
+    def _keep(self, keep: Keep, views: Iterable[Int16Array], frames: int) -> Committed:
         done = landed(self.root, keep.call_id, self.tick)
         if done is not None:
             return done
         for partial in partials(self.root, keep.call_id):
             partial.unlink()
-        flac = encode_flac(views, keep.samplerate, keep.channels)
-        final = recording_path(self.root, keep.folder, keep.call_id)
-        path, digest = write_durably(final, flac, self.tick)
+
+        def fill(sink: Sink) -> None:
+            flac = FlacStream(views, keep.samplerate, keep.channels, frames)
+            with flac:
+                pour(flac, sink, keep.recipients, COPY_BLOCK)
+
+        final = recording_path(self.root, keep.folder, keep.call_id, bool(keep.recipients))
+        path, digest = write_durably(final, fill, self.tick)
         fields = dict(keep.fields, path=path.relative_to(self.root).as_posix(), sha256=digest)
         committed = Committed.from_log(fields)
-        sidecar = dict(committed.to_log(), **keep.extra)
+        sidecar = dict(committed.to_log(), **_sealed_notes(keep.extra, keep.recipients))
         text = json.dumps(sidecar, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
         try:
-            write_durably(sidecar_path(path, keep.call_id), text.encode("utf-8"))
+            write_durably(sidecar_path(path, keep.call_id), lambda sink: sink.write(text.encode()))
         except BaseException:
             path.unlink(missing_ok=True)  # a retry writes both again, under the same name
             raise
@@ -182,6 +198,20 @@ class Store:
             _unlink_all([recording, sidecar_path(recording, call_id)])
         except OSError as exc:
             raise StoreError(f"cannot delete a recording: {exc}") from exc
+
+
+def _sealed_notes(extra: dict[str, Any], recipients: tuple[str, ...]) -> dict[str, Any]:
+    """The sidecar's fields with every mark's note sealed to ``recipients`` (``note_age``)."""
+    if not recipients:
+        return extra
+    marks = []
+    for mark in extra["marks"]:
+        mark = dict(mark)
+        note = mark.pop("note", None)
+        if note is not None:
+            mark["note_age"] = seal_text(note, recipients)
+        marks.append(mark)
+    return dict(extra, marks=marks)
 
 
 def _unlink_all(paths: list[Path]) -> None:
@@ -214,7 +244,9 @@ def describe(call: Call, config: Config) -> Keep:
     }
     channels = len(call.line.channels)
     extra = _sidecar_extra(call, config, retention)
-    return Keep(call.call_id, day_folder(call.started), rate, channels, fields, extra)
+    recipients = config.recipients(retention)
+    folder = day_folder(call.started)
+    return Keep(call.call_id, folder, rate, channels, fields, extra, recipients)
 
 
 def _retention(call: Call, config: Config) -> dict[str, str | None]:

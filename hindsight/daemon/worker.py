@@ -91,7 +91,9 @@ class Worker:
     def _settle(self, job: dict[str, Any]) -> None:
         if job["keep"] is not None:
             try:
-                committed = self.store.keep(Keep.from_wire(job["keep"]), self._views(job))
+                frames = sum(end - begin for _, begin, end in job["extents"])
+                keep = Keep.from_wire(job["keep"])
+                committed = self.store.keep(keep, self._views(job), frames)
             except HindsightError as exc:
                 self._reply(job, "failed", error=str(exc))
                 return
