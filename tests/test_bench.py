@@ -56,3 +56,11 @@ def test_the_retention_benchmark_runs_and_its_ledger_matches_the_simulation() ->
     # held and deleted, and that no purge in it deleted a recording before it was due.
     out = run_bench("bench_retention.py", "--quick", timeout=120)
     assert "json.loads floor" in out and "rebuild" in out and "peak memory" in out
+
+
+def test_the_encryption_benchmark_compares_with_the_bare_write_and_checks_the_audio() -> None:
+    out = run_bench("bench_encrypt.py", "--quick", timeout=60)
+    labels = ("(a) bare", "(b) Hindsight, encrypted", "(c) Hindsight, plain", "(d) before")
+    assert all(label in out for label in labels), out
+    assert "encrypted commit vs bare write" in out and "extra memory" in out
+    assert "decrypted recording equals the call's audio" in out
