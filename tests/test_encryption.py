@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from hindsight.daemon.calls import CallTable
 from hindsight.daemon.encode import FlacStream, pour
 from hindsight.daemon.store import Sink, Store, describe
 from hindsight.errors import ConfigError
-from tests.harness import Daemon
+from tests.harness import BIN, Daemon, config_text
 from tests.test_store import ended_call, files
 
 RATE = 16000
@@ -281,3 +282,20 @@ def test_an_encrypted_daemon_keeps_calls_the_auditor_can_verify(tmp_path: Path) 
     stored = (d.state / committed["path"]).read_bytes()
     flac = pyrage.decrypt(stored, [IDENTITY])
     assert sf.info(io.BytesIO(flac)).frames == round(committed["seconds"] * RATE)
+
+
+def test_a_daemon_that_must_encrypt_will_not_start_without_recipients(tmp_path: Path) -> None:
+    config = tmp_path / "hindsight.toml"
+    config.write_text(
+        config_text(tmp_path, extra="[storage]\nrequire_encryption = true\n"), encoding="utf-8"
+    )
+    for args in (["--check-config"], []):
+        run = subprocess.run(
+            [str(BIN / "hindsightd"), "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert run.returncode == 2, run.stderr
+        assert "storage.require_encryption: no age recipient for purpose" in run.stdout + run.stderr
+    assert not (tmp_path / "state" / "commit.log").exists()

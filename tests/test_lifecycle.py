@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyrage
 import soundfile as sf
 
 from hindsight import audit
 from hindsight.clock import parse_iso
+from hindsight.layout import sidecar_path
 from tests.harness import RATE, Daemon, find_offset, looped_span, noise_wav
 from tests.test_worker import pool_bytes, wait_until, worker_pid
 
@@ -208,9 +210,13 @@ def test_a_learning_moment_extends_a_training_recording_but_never_past_its_cap(
         )
 
 
-def test_a_callers_number_is_kept_nowhere_yet_finds_their_recordings(tmp_path: Path) -> None:
+def test_a_callers_number_and_a_note_are_kept_nowhere_yet_find_their_recordings(
+    tmp_path: Path,
+) -> None:
     lines = [("desk-01", [1, 2]), ("desk-02", [1, 2])]
-    with lifecycle_daemon(tmp_path, lines=lines) as d:
+    reviewer = pyrage.x25519.Identity.generate()
+    sealed = f'{PURPOSES}\n[storage]\nrecipients = ["{reviewer.to_public()}"]\n'
+    with Daemon(tmp_path, extra=sealed, lines=lines) as d:
         ours = d.ok({"op": "start", "line": "desk-01", "caller": "+31 20 555-0199"})["call_id"]
         theirs = d.ok({"op": "start", "line": "desk-02", "caller": "+31205550100"})["call_id"]
         time.sleep(0.6)
@@ -224,12 +230,15 @@ def test_a_callers_number_is_kept_nowhere_yet_finds_their_recordings(tmp_path: P
     started = {e["call_id"]: e["caller_ref"] for e in d.events("call_started")}
     assert len(set(started.values())) == 2 and all(len(ref) == 64 for ref in started.values())
     committed = {e["call_id"]: e for e in d.events("call_committed")}
-    sidecar = json.loads((d.state / committed[ours]["path"]).with_suffix(".json").read_text())
+    recording = d.state / committed[ours]["path"]
+    sidecar = json.loads(sidecar_path(recording, ours).read_text())
     assert sidecar["caller_ref"] == committed[ours]["caller_ref"] == started[ours]
+    (mark,) = sidecar["marks"]
+    assert pyrage.decrypt(mark["note_age"].encode(), [reviewer]) == b"customer shouting"
     assert theirs in committed
     assert (d.state / "caller.key").stat().st_mode & 0o777 == 0o600
     everything = [p.read_bytes() for p in d.state.rglob("*") if p.is_file()]
     everything.append(d.stderr().encode())
     for blob in everything:
-        for written in (b"5550199", b"5550100", b"555-0199"):
+        for written in (b"5550199", b"5550100", b"555-0199", b"customer shouting"):
             assert written not in blob
