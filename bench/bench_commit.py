@@ -51,9 +51,10 @@ from hindsight.config import Config, parse_config
 from hindsight.daemon.buffer import CHUNK_SAMPLES, Int16Array, Pool, chunk_count
 from hindsight.daemon.calls import Call, CallTable
 from hindsight.daemon.keeper import Keeper, process_spawner
+from hindsight.daemon.kept import describe
 from hindsight.daemon.memory import PoolMemory
 from hindsight.daemon.sources import Deliver, LoopSource, loop_source, synthetic_table
-from hindsight.daemon.store import Store, describe
+from hindsight.daemon.store import Store
 from hindsight.errors import ConfigError, HindsightError
 from hindsight.record import Committed
 

@@ -39,8 +39,9 @@ import pyrage
 import soundfile as sf
 
 from hindsight.daemon.buffer import CHUNK_SAMPLES, Int16Array, chunk_frames
+from hindsight.daemon.kept import Keep
 from hindsight.daemon.sources import synthetic_table
-from hindsight.daemon.store import Keep, Store, write_durably
+from hindsight.daemon.store import Store, write_durably
 
 RATE = 16000
 CHANNELS = 2

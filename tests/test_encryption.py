@@ -20,7 +20,8 @@ from hindsight.daemon import encode
 from hindsight.daemon.buffer import Int16Array, Pool
 from hindsight.daemon.calls import CallTable
 from hindsight.daemon.encode import FlacStream, pour
-from hindsight.daemon.store import Sink, Store, describe
+from hindsight.daemon.kept import describe
+from hindsight.daemon.store import Sink, Store
 from hindsight.errors import ConfigError
 from tests.harness import BIN, Daemon, config_text
 from tests.test_store import ended_call, files

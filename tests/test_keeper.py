@@ -20,7 +20,8 @@ from hindsight.daemon import store as store_module
 from hindsight.daemon.buffer import Int16Array, Pool
 from hindsight.daemon.calls import Call, CallTable
 from hindsight.daemon.keeper import Keeper, WorkerHandle
-from hindsight.daemon.store import Keep, Store
+from hindsight.daemon.kept import Keep
+from hindsight.daemon.store import Store
 from hindsight.daemon.worker import Worker
 from hindsight.errors import CommitLogError, StoreError
 from hindsight.record import Committed

@@ -12,7 +12,8 @@ from hindsight.config import Config, parse_config
 from hindsight.daemon import store as store_module
 from hindsight.daemon.buffer import Pool
 from hindsight.daemon.calls import Call, CallTable
-from hindsight.daemon.store import Store, describe
+from hindsight.daemon.kept import describe
+from hindsight.daemon.store import Store
 from hindsight.errors import StoreError
 from hindsight.record import COMMITTED_FIELDS, Committed
 

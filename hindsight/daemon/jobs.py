@@ -12,7 +12,7 @@ refuses one it does not know with a ``failed`` reply, so that later kinds
 ``settle`` (an ended call):
     ``channels``, ``chunks`` (every chunk the call holds: all are zeroed),
     ``extents`` (``[chunk, first frame, end frame]`` of the audio to keep,
-    oldest first), ``keep`` (a ``store.Keep`` as a dict, or null for a call
+    oldest first), ``keep`` (a ``kept.Keep`` as a dict, or null for a call
     that is only wiped, or whose recording was already stored).
 
 Replies: ``{"job": N, "step": S, ...}`` with S one of ``stored`` (``fields``:

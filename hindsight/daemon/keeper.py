@@ -54,8 +54,8 @@ from hindsight.config import Config
 from hindsight.daemon import jobs
 from hindsight.daemon.buffer import Extent
 from hindsight.daemon.calls import Call, CallTable
+from hindsight.daemon.kept import Keep, describe, reasons
 from hindsight.daemon.memory import PoolMemory
-from hindsight.daemon.store import Keep, describe, reasons
 from hindsight.errors import HindsightError
 from hindsight.record import Committed
 

@@ -41,8 +41,9 @@ from typing import Any
 from hindsight.daemon import jobs, logs
 from hindsight.daemon.buffer import Int16Array, chunk_frames
 from hindsight.daemon.harden import die_with_parent, harden_process, lower_priority
+from hindsight.daemon.kept import Keep
 from hindsight.daemon.memory import PoolMemory
-from hindsight.daemon.store import Keep, Store
+from hindsight.daemon.store import Store
 from hindsight.errors import HindsightError
 
 log = logging.getLogger("hindsight.worker")
