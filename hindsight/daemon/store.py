@@ -1,13 +1,11 @@
-"""Recordings on disk: what a kept call's record says, and the durable write of its bytes.
+"""Recordings on disk: the durable write of a kept call's bytes, and their deletion.
 
 Rules:
 
-- Two halves. ``describe`` runs in the daemon: it turns an ended call into a
-  ``Keep``, everything about the recording except its audio, path and hash:
-  reasons, purposes, retention, and who may read it (its age recipients).
-  ``Store`` runs in the worker process only: it reads the audio from the
-  shared pool and writes the files; it never runs on the audio thread or in
-  the control loop.
+- ``Store`` runs in the worker process only: given a ``Keep`` (what the
+  recording says, built in the daemon by ``hindsight.daemon.kept``) it reads
+  the audio from the shared pool and writes the files; it never runs on the
+  audio thread or in the control loop.
 - What the bytes are is ``hindsight.daemon.encode``'s business (FLAC encoded
   as it is read, then age-encrypted as it is read); where and how they land is
   ``Sink``'s: a temp file in the target folder that hashes what it is given.
@@ -33,22 +31,17 @@ import json
 import os
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import soundfile as sf
 
-from hindsight import __version__
-from hindsight.clock import iso
-from hindsight.config import Config
 from hindsight.daemon.buffer import Int16Array
-from hindsight.daemon.calls import Call
 from hindsight.daemon.encode import FlacStream, pour, seal_text
+from hindsight.daemon.kept import Keep
 from hindsight.durable import fsync_dir, make_dirs
 from hindsight.errors import StoreError
 from hindsight.layout import (
-    day_folder,
     inside,
     landed,
     partials,
@@ -56,7 +49,6 @@ from hindsight.layout import (
     sidecar_path,
 )
 from hindsight.record import Committed
-from hindsight.retention import Terms
 
 COPY_BLOCK = 1 << 20
 
@@ -66,26 +58,6 @@ Tick = Callable[[], None]
 
 def _quiet() -> None:
     pass
-
-
-@dataclass(frozen=True)
-class Keep:
-    """A kept call as the worker needs it, all but the audio: built by ``describe``."""
-
-    call_id: str
-    folder: str  # YYYY/MM/DD under recordings/, from the call's start
-    samplerate: int
-    channels: int
-    fields: dict[str, Any]  # call_committed's fields but path and sha256
-    extra: dict[str, Any]  # what the sidecar holds beyond those
-    recipients: tuple[str, ...]  # age recipients; none: a plain FLAC
-
-    def to_wire(self) -> dict[str, Any]:
-        return dict(vars(self), recipients=list(self.recipients))
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Keep:
-        return cls(**dict(data, recipients=tuple(data["recipients"])))
 
 
 class Sink(io.RawIOBase):
@@ -99,8 +71,11 @@ class Sink(io.RawIOBase):
         self.final = final
         make_dirs(final.parent)
         self.temp = final.parent / f".{final.name}.{secrets.token_hex(4)}.tmp"
-        self._file: BinaryIO = open(self.temp, "xb")  # noqa: SIM115 - closed in land/discard
-        os.chmod(self.temp, 0o640)
+        # 0640 from the first instant (no window with the umask's mode), and exactly (fchmod:
+        # a stricter umask must not take the auditors' group read).
+        fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        self._file: BinaryIO = os.fdopen(fd, "wb")  # closed in land/discard
+        os.fchmod(fd, 0o640)
         self._hash = hashlib.sha256()
 
     tick: Tick = staticmethod(_quiet)
@@ -219,88 +194,3 @@ def _unlink_all(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
     if paths[0].parent.is_dir():
         fsync_dir(paths[0].parent)
-
-
-def describe(call: Call, config: Config) -> Keep:
-    """Everything a kept call's recording says but its audio, path and hash (daemon side)."""
-    assert call.ended is not None
-    retention = _retention(call, config)
-    rate = call.samplerate
-    ends = list(retention.values())
-    fields = {
-        "call_id": call.call_id,
-        "line": call.line.name,
-        "agent": call.agent,
-        "reasons": reasons(call),
-        "purposes": list(retention),
-        "retention": retention,
-        "retain_until": None if None in ends else max(e for e in ends if e is not None),
-        "seconds": round(call.buffer.kept_frames / rate, 3),
-        "rolled_seconds": round(call.buffer.rolled_total / rate, 3),
-        "lost_seconds": round(call.gap_frames / rate, 3),
-        "status_flags": call.status_flags,
-        "ended": iso(call.ended),
-        "caller_ref": call.caller_ref,
-    }
-    channels = len(call.line.channels)
-    extra = _sidecar_extra(call, config, retention)
-    recipients = config.recipients(retention)
-    folder = day_folder(call.started)
-    return Keep(call.call_id, folder, rate, channels, fields, extra, recipients)
-
-
-def _retention(call: Call, config: Config) -> dict[str, str | None]:
-    assert call.ended is not None
-    retention: dict[str, str | None] = {}
-    for name in purposes(call, config.sampling.purpose):
-        purpose = config.purpose(name)
-        assert purpose is not None
-        # The ledger's own rule, so that the log and the ledger can never disagree.
-        until = Terms.of(purpose).first_retain_until(call.ended)
-        retention[name] = None if until is None else iso(until)
-    return retention
-
-
-def _sidecar_extra(call: Call, config: Config, retention: dict[str, str | None]) -> dict[str, Any]:
-    assert call.ended is not None
-    rate = call.samplerate
-    terms = {}
-    for name, until in retention.items():
-        purpose = config.purpose(name)
-        assert purpose is not None
-        terms[name] = {
-            "legal_basis": purpose.legal_basis,
-            "retention_days": purpose.retention_days,
-            "until_resolved": purpose.until_resolved,
-            "grace_days": purpose.grace_days,
-            "max_retention_days": purpose.max_retention_days,
-            "retain_until": until,
-        }
-    return {
-        "start": iso(call.started),
-        "end": iso(call.ended),
-        "samplerate": call.samplerate,
-        "channels": len(call.line.channels),
-        "device": call.line.device,
-        "device_channels": list(call.line.channels),
-        "format": "FLAC/PCM_16",
-        "announced": list(call.announced),
-        "purpose_terms": terms,
-        "marks": [{"purpose": m.purpose, "time": iso(m.time), "note": m.note} for m in call.marks],
-        "gaps": _runs(call.gaps, rate),
-        "pauses": _runs(call.pauses, rate),
-        "hindsight_version": __version__,
-    }
-
-
-def _runs(runs: list[list[int]], rate: int) -> list[dict[str, float]]:
-    return [{"at_seconds": round(at / rate, 3), "seconds": round(n / rate, 3)} for at, n in runs]
-
-
-def reasons(call: Call) -> list[str]:
-    return [r for r, yes in (("sampled", call.sampled), ("marked", call.marked)) if yes]
-
-
-def purposes(call: Call, sampling_purpose: str) -> list[str]:
-    names = [sampling_purpose] if call.sampled else []
-    return list(dict.fromkeys(names + call.mark_purposes))
