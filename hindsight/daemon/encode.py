@@ -110,9 +110,8 @@ class _Output:
         # The length, frame sizes and MD5 of the finished stream: dropped, see the rules.
 
     def finish(self) -> None:
-        if (
-            self.header is not None and not self.header
-        ):  # libsndfile writes nothing at all for a call without audio
+        if self.header is not None and not self.header:
+            # libsndfile writes nothing at all for a call without audio
             self.header = _empty_flac(*self.format)
         if self.header is not None:
             size = _metadata_size(self.header)
