@@ -3,9 +3,13 @@ recipients per purpose, and a daemon that says when it writes plaintext."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import resource
+import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,7 @@ from hindsight.daemon.calls import CallTable
 from hindsight.daemon.encode import FlacStream, pour
 from hindsight.daemon.kept import describe
 from hindsight.daemon.store import Sink, Store
-from hindsight.errors import ConfigError
+from hindsight.errors import ConfigError, StoreError
 from tests.harness import BIN, Daemon, config_text
 from tests.test_store import ended_call, files
 
@@ -300,3 +304,44 @@ def test_a_daemon_that_must_encrypt_will_not_start_without_recipients(tmp_path: 
         assert run.returncode == 2, run.stderr
         assert "storage.require_encryption: no age recipient for purpose" in run.stdout + run.stderr
     assert not (tmp_path / "state" / "commit.log").exists()
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int) -> Iterator[None]:
+    """Files of this process may grow to ``size`` bytes: a write past it fails with EFBIG,
+    a real error from the kernel, as a full disk gives ENOSPC."""
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def test_a_sink_whose_write_failed_never_lands_even_if_the_writer_swallowed_it(
+    tmp_path: Path,
+) -> None:
+    sink = Sink(tmp_path / "r.flac.age")
+    with file_size_limit(4096), contextlib.suppress(OSError):
+        sink.write(b"x" * 65536)  # past the buffer: written at once, and refused
+    with pytest.raises(OSError, match="a write into the recording failed"):
+        sink.land()
+    sink.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_encrypting_leaves_nothing_and_the_retry_lands(
+    sealed_config: Config,
+) -> None:
+    call = ended_call(sealed_config)
+    store = Store(sealed_config.daemon.state_dir)
+    store.root.mkdir()
+    with file_size_limit(1024), pytest.raises(StoreError, match="File too large"):
+        store.keep(describe(call, sealed_config), call.buffer.views(), call.buffer.kept_frames)
+    assert files(sealed_config.daemon.state_dir) == []
+    committed = store.keep(
+        describe(call, sealed_config), call.buffer.views(), call.buffer.kept_frames
+    )
+    assert committed.path.endswith(".flac.age")

@@ -64,7 +64,9 @@ class Sink(io.RawIOBase):
     """A temporary file that hashes what passes through it and lands atomically.
 
     A writable raw stream, so that an encoder or the age encryptor writes straight into it;
-    ``tick`` is called on every write (the worker's heartbeat).
+    ``tick`` is called on every write (the worker's heartbeat). A write that failed is
+    remembered, and such a sink never lands: whoever wrote into it may have swallowed the
+    error (pyrage 1.4 does, on the last write of a stream).
     """
 
     def __init__(self, final: Path) -> None:
@@ -77,6 +79,7 @@ class Sink(io.RawIOBase):
         self._file: BinaryIO = os.fdopen(fd, "wb")  # closed in land/discard
         os.fchmod(fd, 0o640)
         self._hash = hashlib.sha256()
+        self._failed: BaseException | None = None
 
     tick: Tick = staticmethod(_quiet)
 
@@ -84,7 +87,11 @@ class Sink(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except BaseException as exc:
+            self._failed = exc
+            raise
         self._hash.update(data)
         self.tick()
         return len(data)
@@ -96,6 +103,8 @@ class Sink(io.RawIOBase):
     def land(self) -> Path:
         """fsync, then give the file its final name, never replacing one (link fails on an
         existing name, and a redo removes its call's earlier files first); fsync the folder."""
+        if self._failed is not None:
+            raise OSError(f"a write into the recording failed: {self._failed}")
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -105,8 +114,12 @@ class Sink(io.RawIOBase):
         return self.final
 
     def discard(self) -> None:
-        self._file.close()
-        self.temp.unlink(missing_ok=True)
+        try:
+            self._file.close()  # flushes what it buffered, which may fail again: a full disk
+        except OSError:
+            pass
+        finally:
+            self.temp.unlink(missing_ok=True)
 
 
 def write_durably(
