@@ -461,7 +461,7 @@ class Keeper:
             self._zeroed(job)
         elif step == "deleted":
             link.busy = None
-            log.debug("files of %s deleted", job.path if isinstance(job, DeleteJob) else "?")
+            log.debug("a recording's files deleted")
         elif step == "failed":
             link.busy = None
             self._failed(job, str(message.get("error")))
@@ -538,7 +538,7 @@ class Keeper:
 
     def _give_up(self, job: Work) -> None:
         if isinstance(job, DeleteJob):
-            log.error("the files of %s are not deleted yet; the next start does it", job.path)
+            log.error("a recording's files are not deleted yet; the next start does it")
             return
         if not job.zeroed:
             self.table.zero_and_give_back(job.chunks)

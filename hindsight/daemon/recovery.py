@@ -24,14 +24,22 @@ log = logging.getLogger(__name__)
 
 
 def settle_open_calls(commit_log: CommitLog, state_dir: Path) -> None:
-    for call_id, line in list(commit_log.open_calls.items()):
+    open_calls = list(commit_log.open_calls.items())
+    removed = 0
+    for call_id, line in open_calls:
         committed = landed(state_dir, call_id)
         if committed is not None:
             commit_log.append("call_committed", **committed.to_log(), recovered=True)
-            log.warning("call %s was committed to disk before a crash; logged now", call_id)
             continue
         for partial in partials(state_dir, call_id):
             partial.unlink()
-            log.warning("removed %s, a partial recording left by a crash", partial)
+            removed += 1
         commit_log.append("call_wiped", call_id=call_id, line=line, seconds=0, why="lost_in_crash")
-        log.warning("call %s was live when the daemon last died; logged as lost", call_id)
+    # Counts only: the journal must not tell which of these calls had been kept.
+    if open_calls:
+        log.warning(
+            "%d call(s) were live or settling when the daemon last died; each has its outcome "
+            "in the commit log now (%d partial file(s) removed)",
+            len(open_calls),
+            removed,
+        )
