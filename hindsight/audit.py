@@ -109,6 +109,7 @@ class _CallRules:
             "call_committed": self._call_committed,
             "call_wiped": self._outcome,
             "recording_deleted": self._recording_deleted,
+            "recording_accessed": self._recording_accessed,
         }
 
     def feed(self, entry: Mapping[str, Any]) -> None:
@@ -194,6 +195,23 @@ class _CallRules:
             return f"{_at(entry)}: recording_deleted has why {why!r}, not expired or erased"
         if why == "erased" and not all(_named(entry.get(key)) for key in ("actor", "reason")):
             return f"{_at(entry)}: an erasure must say who asked (actor) and why (reason)"
+        return None
+
+    def _recording_accessed(self, entry: Mapping[str, Any]) -> str | None:
+        """Someone opened a recording: it must exist at that point, and they must be named."""
+        call_id = entry.get("call_id")
+        if not isinstance(call_id, str) or self.retention.get(call_id) is None:
+            gone = self.retention.deletion(call_id) if isinstance(call_id, str) else None
+            why = "never committed" if gone is None else f"deleted on line {gone.seq}"
+            return (
+                f"{_at(entry)}: recording_accessed for call {call_id!r}, which has no "
+                f"recording at that point ({why})"
+            )
+        if not all(_named(entry.get(key)) for key in ("actor", "reason")):
+            return (
+                f"{_at(entry)}: an access must say who opened the recording (actor) "
+                "and why (reason)"
+            )
         return None
 
     def open_call_problem(self) -> str | None:
@@ -594,7 +612,7 @@ class _Census:
             return True
         return False
 
-    def freeze(self, retention: Retention) -> Report:
+    def freeze(self, retention: Retention, accesses: Sequence[Access]) -> Report:
         return Report(
             entries=self.entries,
             first_time=self.first_time,
@@ -603,6 +621,7 @@ class _Census:
             per_line=_freeze_groups(self.lines),
             per_agent=_freeze_groups(self.agents),
             retention=retention,
+            accesses=accesses,
         )
 
 
@@ -725,6 +744,36 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class Access:
+    """A logged ``recording_accessed``: who opened a recording, when and why."""
+
+    log_line: int
+    call_id: str
+    time: str
+    actor: str
+    reason: str
+
+    @classmethod
+    def of(cls, entry: Mapping[str, Any]) -> Access:
+        return cls(
+            entry["seq"],
+            str(entry.get("call_id")),
+            entry["time"],
+            str(entry.get("actor")),
+            str(entry.get("reason")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "log_line": self.log_line,
+            "call_id": self.call_id,
+            "time": self.time,
+            "actor": self.actor,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
 class Report:
     """What was committed, wiped and deleted, and why; see ``to_json`` for the figures."""
 
@@ -735,6 +784,7 @@ class Report:
     per_line: Mapping[str, Figures]
     per_agent: Mapping[str, Figures]
     retention: Retention
+    accesses: Sequence[Access]
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON; keys are stable and always present.
@@ -752,7 +802,9 @@ class Report:
         deletions, ``expired`` and ``erased`` always) and ``by_purpose`` (purpose -> a
         ``PurposeRetention`` object, sorted). ``deletions``: every ``recording_deleted`` in log
         order, as ``log_line``, ``call_id``, ``why``, ``time``, ``actor`` and ``reason`` (null
-        unless erased) and ``premature`` (an ``expired`` one that was not due).
+        unless erased) and ``premature`` (an ``expired`` one that was not due). ``accesses``:
+        every ``recording_accessed`` in log order, as ``log_line``, ``call_id``, ``time``,
+        ``actor`` and ``reason``.
         """
         return {
             "entries": self.entries,
@@ -763,6 +815,7 @@ class Report:
             "per_agent": {name: f.to_json() for name, f in self.per_agent.items()},
             "retention": self.retention.to_json(),
             "deletions": [_deletion_json(deletion) for deletion in self.retention.deletions],
+            "accesses": [access.to_json() for access in self.accesses],
         }
 
     def render(self) -> str:
@@ -777,6 +830,7 @@ class Report:
             _section("Retention by purpose", _purpose_table(self.retention.by_purpose)),
             _section("Retention totals", _retention_table(self.retention)),
             _section("Deletions", _deletion_table(self.retention.deletions)),
+            _section("Accesses", _access_table(self.accesses)),
         ]
         return "\n\n".join(sections) + "\n"
 
@@ -788,11 +842,13 @@ def report(state_dir: Path, now: datetime | None = None) -> Report:
     path = state_dir / LOG_NAME
     if not path.is_file():
         raise CommitLogError(f"{LOG_NAME} is missing in {state_dir}")
-    census, ledger = _Census(), Ledger()
+    census, ledger, accesses = _Census(), Ledger(), []
     for entry in read_chain(path):
         census.add(entry)
         ledger.apply(entry)
-    return census.freeze(Retention.of(ledger, utcnow() if now is None else now))
+        if entry["event"] == "recording_accessed":
+            accesses.append(Access.of(entry))
+    return census.freeze(Retention.of(ledger, utcnow() if now is None else now), accesses)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -928,3 +984,16 @@ def _deletion_row(d: Deletion) -> tuple[str, ...]:
 def _deletion_table(deletions: Sequence[Deletion]) -> list[str]:
     header = ("log line", "call", "why", "when", "actor", "reason")
     return _table(header, [_deletion_row(d) for d in deletions], "rlllll")
+
+
+def _access_table(accesses: Sequence[Access]) -> list[str]:
+    """Each recording's accesses together (recordings in the order first opened), each
+    recording's in log order."""
+    first: dict[str, int] = {}
+    for access in accesses:
+        first.setdefault(access.call_id, access.log_line)
+    rows = [
+        (_shown(a.call_id), str(a.log_line), a.time, _shown(a.actor), _shown(a.reason))
+        for a in sorted(accesses, key=lambda a: (first[a.call_id], a.log_line))
+    ]
+    return _table(("call", "log line", "when", "actor", "reason"), rows, "lrlll")

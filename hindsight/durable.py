@@ -25,11 +25,21 @@ def fsync_dir(directory: Path) -> None:
 
 
 def make_dirs(directory: Path) -> None:
-    """mkdir -p, fsyncing the parent of every folder made so the new entries are durable."""
+    """mkdir -p, fsyncing the parent of every folder made so the new entries are durable.
+
+    Every folder made is ``DIR_MODE`` exactly: the mode keeps other users out whatever the
+    umask, and the chmod keeps the group's read (auditors) when the umask would take it.
+    """
     if directory.is_dir():
         return
     make_dirs(directory.parent)
-    directory.mkdir(mode=DIR_MODE, exist_ok=True)
+    try:
+        os.mkdir(directory, DIR_MODE)
+    except FileExistsError:
+        if not directory.is_dir():
+            raise
+        return  # made meanwhile (the daemon and the worker both make folders)
+    os.chmod(directory, DIR_MODE)
     fsync_dir(directory.parent)
 
 

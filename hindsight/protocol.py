@@ -135,6 +135,15 @@ class Purge:
     dry_run: bool = False
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who opens a recording and why: logged before the reply says where it is."""
+
+    call_id: str
+    actor: str
+    reason: str
+
+
 Request = (
     Ping
     | Start
@@ -150,6 +159,7 @@ Request = (
     | Release
     | Erase
     | Purge
+    | Access
 )
 
 
@@ -211,7 +221,7 @@ def _parse_extend(m: Mapping[str, Any]) -> Extend:
 
 
 def _signature(m: Mapping[str, Any]) -> tuple[str, str]:
-    """Who asks for a change to a recording, and why: both go to the commit log."""
+    """Who asks for a change to a recording (or to open it), and why: both go to the log."""
     return _text(m, "actor", MAX_ACTOR_CHARS), _text(m, "reason", MAX_REASON_CHARS)
 
 
@@ -230,6 +240,7 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], Request]] = {
     "release": lambda m: Release(_id(m, "call_id"), *_signature(m)),
     "erase": lambda m: Erase(_id(m, "call_id"), *_signature(m)),
     "purge": lambda m: Purge(dry_run=_optional_bool(m, "dry_run")),
+    "access": lambda m: Access(_id(m, "call_id"), *_signature(m)),
 }
 
 

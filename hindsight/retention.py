@@ -99,7 +99,10 @@ class Hold:
 
 @dataclass(frozen=True, slots=True)
 class Recording:
-    """A recording that exists; ``seq`` is the log line of its ``call_committed``."""
+    """A recording that exists; ``seq`` is the log line of its ``call_committed``, ``sha256``
+    the hash it logged of the stored file (lowercase hex). ``sha256`` is empty for a commit
+    that logged none, and in a ``Deletion``'s recording: the file is gone, and the hashes of
+    years of deleted recordings would be most of what the ledger adds for them."""
 
     call_id: str
     line: str
@@ -110,6 +113,7 @@ class Recording:
     caller_ref: str | None
     hold: Hold | None
     seq: int
+    sha256: str
 
     @property
     def held(self) -> bool:
@@ -181,6 +185,7 @@ class _Row:
     caller_ref: str | None
     seq: int
     ends: dict[str, datetime | None]
+    digest: bytes  # the logged sha256, as 32 bytes: half the memory of its hex text
     resolved: frozenset[str] = frozenset()
     hold: Hold | None = None
     snapshot: Recording | None = None
@@ -193,7 +198,7 @@ class _Row:
             }
             self.snapshot = Recording(
                 self.call_id, self.line, self.agent, self.path, purposes, self.ended,
-                self.caller_ref, self.hold, self.seq,
+                self.caller_ref, self.hold, self.seq, self.digest.hex(),
             )  # fmt: skip
         return self.snapshot
 
@@ -264,6 +269,7 @@ class Ledger:
             entry.get("caller_ref"),
             entry["seq"],
             _committed_ends(entry),
+            _digest(entry.get("sha256")),
         )
 
     def _resolved(self, entry: Mapping[str, Any]) -> None:
@@ -299,6 +305,7 @@ class Ledger:
         path = _text(entry["path"])
         if row is not None:  # one copy of each string serves both
             call_id, path = row.call_id, row.path if row.path == path else path
+            row.digest, row.snapshot = b"", None
         gone = _Gone(
             call_id,
             path,
@@ -481,6 +488,16 @@ def _text(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {value!r}")
     return value
+
+
+def _digest(value: object) -> bytes:
+    """A logged SHA-256, 64 hex digits; empty when the entry has none."""
+    if value is None:
+        return b""
+    digest = bytes.fromhex(_text(value))
+    if len(digest) != 32:
+        raise ValueError(f"a sha256 is 64 hex digits, got {len(digest) * 2}")
+    return digest
 
 
 def _after(now: datetime, days: float) -> datetime:

@@ -18,6 +18,8 @@ import soundfile as sf
 from hindsight import __version__, audit
 from hindsight.clock import parse_iso
 from tests.harness import RATE, Daemon, Span, find_offset, looped_span, noise_wav
+from tests.pulse import unavailable
+from tests.test_host import can_lock, unshare_works
 
 
 def files_under(root: Path) -> list[Path]:
@@ -260,12 +262,32 @@ def test_a_call_longer_than_its_limit_rolls_and_says_so(tmp_path: Path) -> None:
 
 
 def test_buffered_audio_stays_out_of_swap_and_core_dumps(tmp_path: Path) -> None:
-    with Daemon(tmp_path, memory_mb=16) as d:
+    """As root, or as a user whose ``ulimit -l`` is below the pool: then the daemon cannot
+    lock it and must say so, and everything else still holds."""
+    # The daemon is non-dumpable, so only a process privileged over it may read its smaps:
+    # root, or this user when the daemon runs in a user namespace of this user's own.
+    wrap: tuple[str, ...] = ()
+    if os.geteuid() != 0:
+        if not unshare_works("--user", "--map-root-user", "true"):
+            unavailable("cannot enter a user namespace here (util-linux unshare)")
+        wrap = ("unshare", "--user", "--map-root-user")
+    with Daemon(tmp_path, wrap=wrap, memory_mb=16) as d:
         assert d.proc is not None
         status = Path(f"/proc/{d.proc.pid}/status").read_text()
         limits = Path(f"/proc/{d.proc.pid}/limits").read_text()
+        smaps = Path(f"/proc/{d.proc.pid}/smaps").read_text().splitlines()
     locked_kb = int(next(row for row in status.splitlines() if row.startswith("VmLck:")).split()[1])
-    assert locked_kb >= 16 * 1024
+    if "cannot lock the 16 MiB chunk pool in memory" in d.stderr():
+        # Allowed: no process of this user, with these limits, may lock 16 MiB; the daemon
+        # said so and what to raise.
+        assert not can_lock(16, wrap), "the daemon warned, but this user may lock 16 MiB"
+        assert "LimitMEMLOCK=16M" in d.stderr()
+        assert locked_kb == 0
+    else:
+        assert locked_kb >= 16 * 1024
+    at = next(i for i, row in enumerate(smaps) if "memfd:hindsight-pool" in row)
+    flags = next(row for row in smaps[at:] if row.startswith("VmFlags:")).split()[1:]
+    assert "dd" in flags, "the pool is MADV_DONTDUMP"
     core = next(row for row in limits.splitlines() if row.startswith("Max core file size"))
     assert core.split()[4:6] == ["0", "0"]
 

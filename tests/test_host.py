@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import logging
+import os
 import resource
 import shutil
+import stat
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +15,7 @@ import pytest
 
 from hindsight.daemon.host import make_state_dir, memory_problems, state_dir_problems
 from hindsight.errors import ConfigError
-from tests.harness import BIN, config_text
+from tests.harness import BIN, Daemon, config_text
 from tests.pulse import unavailable
 
 MIB = 1024 * 1024
@@ -42,14 +46,37 @@ def test_an_existing_or_creatable_state_dir_is_no_problem(tmp_path: Path) -> Non
     assert state_dir_problems(tmp_path / "a" / "b" / "state") == []
 
 
-def test_make_state_dir_creates_it_and_its_parents_private(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mask", [0o000, 0o077], ids=oct)
+def test_make_state_dir_creates_it_and_its_parents_private(tmp_path: Path, mask: int) -> None:
     state = tmp_path / "a" / "state"
 
-    make_state_dir(state)
-    make_state_dir(state)  # an existing folder is fine
+    old = os.umask(mask)
+    try:
+        make_state_dir(state)
+        make_state_dir(state)  # an existing folder is fine
+    finally:
+        os.umask(old)
 
-    assert state.is_dir()
-    assert state.stat().st_mode & 0o007 == 0  # nothing for "other" (the umask may take more)
+    # 0750 exactly: nothing for other users, and the group (auditors) keeps read under any umask.
+    assert stat.S_IMODE(state.stat().st_mode) == 0o750
+    assert stat.S_IMODE(state.parent.stat().st_mode) == 0o750
+
+
+def test_an_existing_state_dir_open_to_others_is_tightened_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o775)
+
+    with caplog.at_level(logging.WARNING):
+        make_state_dir(state)
+
+    assert stat.S_IMODE(state.stat().st_mode) == 0o770  # only the other users' bits go
+    assert f"{state} was open to other users (mode 0775); now 0770" in caplog.text
+    caplog.clear()
+    make_state_dir(state)
+    assert not caplog.text  # once tight, nothing more to say
 
 
 def test_make_state_dir_in_the_way_of_a_file_is_a_config_error(tmp_path: Path) -> None:
@@ -265,3 +292,90 @@ def test_a_pool_beyond_ulimit_v_is_refused(tmp_path: Path) -> None:
     refused(checked, checked.stdout, expected)
     refused(started, started.stderr, expected)
     assert not (tmp_path / "state").exists()
+
+
+# --- locking the pool in memory (buffer.require_lock) ---
+
+LOCK_PROBE = """
+import ctypes, ctypes.util, mmap, sys
+size = int(sys.argv[1]) << 20
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+area = mmap.mmap(-1, size)
+view = (ctypes.c_char * size).from_buffer(area)
+libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+sys.exit(0 if libc.mlock(ctypes.addressof(view), size) == 0 else 1)
+"""
+
+
+def can_lock(megabytes: int, wrap: tuple[str, ...] = ()) -> bool:
+    """Whether a process started through ``wrap`` (this one's user and limits) may lock
+    ``megabytes`` MiB in memory, as the daemon locks its pool."""
+    probe = subprocess.run(
+        [*wrap, sys.executable, "-c", LOCK_PROBE, str(megabytes)], capture_output=True, timeout=30
+    )
+    assert probe.returncode in (0, 1), probe.stderr
+    return probe.returncode == 0
+
+
+def without_lock() -> tuple[str, ...]:
+    """A wrapper under which locking a 16 MiB pool fails, root or not: a 1 MiB locked-memory
+    limit (prlimit), and for root no CAP_IPC_LOCK (setpriv drops it from the bounding and
+    inheritable sets), without which the limit binds root too. Both exec the daemon."""
+    for tool in ("prlimit", "setpriv"):
+        if shutil.which(tool) is None:
+            unavailable(f"{tool} not found (util-linux)")
+    wrap: tuple[str, ...] = ("prlimit", f"--memlock={MIB}:{MIB}")
+    if os.geteuid() == 0:
+        wrap += ("setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock")
+    if can_lock(16, wrap):
+        unavailable(f"locking 16 MiB still works under {' '.join(wrap)}")
+    return wrap
+
+
+def require_lock(config: Path, memory_mb: int) -> Path:
+    text = config.read_text()
+    setting = f"memory_mb = {memory_mb}\n"
+    assert setting in text
+    config.write_text(text.replace(setting, f"{setting}require_lock = true\n"))
+    return config
+
+
+def locked_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(row for row in status.splitlines() if row.startswith("VmLck:")).split()[1])
+
+
+def test_require_lock_refuses_to_start_when_the_pool_cannot_be_locked(tmp_path: Path) -> None:
+    wrap = without_lock()
+    config = require_lock(write_config(tmp_path, "state", memory_mb=16), 16)
+
+    started = hindsightd(config, wrap=wrap)
+
+    refused(started, started.stderr, "buffer.require_lock: cannot lock the 16 MiB chunk pool")
+    # What to raise, where, and to how much: the unit's setting, the shell's, the figure.
+    for hint in ("now 1024 KiB", "at least 16 MiB", "LimitMEMLOCK=16M", "ulimit -l 16384"):
+        assert hint in started.stderr, started.stderr
+    log = tmp_path / "state" / "commit.log"
+    assert not log.exists() or "daemon_started" not in log.read_text()
+
+
+def test_require_lock_starts_when_the_pool_can_be_locked(tmp_path: Path) -> None:
+    if not can_lock(4):
+        unavailable("this user may not lock 4 MiB (ulimit -l)")
+    d = Daemon(tmp_path, memory_mb=4)
+    require_lock(d.config, 4)
+    with d:
+        assert d.proc is not None
+        assert locked_kib(d.proc.pid) >= 4 * 1024
+    assert "cannot lock" not in d.stderr()
+
+
+def test_without_require_lock_a_pool_that_cannot_be_locked_is_a_warning(tmp_path: Path) -> None:
+    with Daemon(tmp_path, wrap=without_lock(), memory_mb=16) as d:
+        assert d.proc is not None
+        assert locked_kib(d.proc.pid) == 0
+        d.ok({"op": "start", "line": "desk-01"})
+        d.ok({"op": "end", "line": "desk-01"})
+        d.wait_for_event("call_wiped", timeout=15)
+    assert "WARNING hindsight.daemon.memory: cannot lock the 16 MiB chunk pool" in d.stderr()
+    assert "LimitMEMLOCK=16M" in d.stderr() and "ulimit -l 16384" in d.stderr()

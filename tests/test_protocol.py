@@ -13,6 +13,7 @@ from hindsight.protocol import (
     MAX_EXTEND_DAYS,
     MAX_REASON_CHARS,
     MAX_REQUEST_BYTES,
+    Access,
     End,
     Erase,
     Extend,
@@ -151,6 +152,7 @@ VALID: dict[str, tuple[dict[str, object], Request]] = {
     "release": ({"call_id": "c1", **SIGNED}, Release("c1", "ann", "ticket 4711")),
     "erase": ({"call_id": "c1", **SIGNED}, Erase("c1", "ann", "ticket 4711")),
     "purge": ({"dry_run": True}, Purge(dry_run=True)),
+    "access": ({"call_id": "c1", **SIGNED}, Access("c1", "ann", "ticket 4711")),
 }
 REQUIRED = [
     (op, key)
@@ -175,7 +177,7 @@ NOT_DAYS: list[object] = [
     float("-inf"),
 ]
 
-SIGNED_OPS = ("resolve", "extend", "hold", "release", "erase")
+SIGNED_OPS = ("resolve", "extend", "hold", "release", "erase", "access")
 NOT_A_CALLER: list[object] = [7, "x" * (MAX_CALLER_CHARS + 1), "a\nb", ["x"]]
 NOT_A_FLAG: list[object] = [1, 0, "true", "yes", [], {}]
 MISTYPED: list[tuple[str, str, object]] = (

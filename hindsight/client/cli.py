@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from hindsight import __version__, audit
-from hindsight.client import simulate
+from hindsight.client import access, simulate
 from hindsight.client.options import (
     actor_of,
     connection_options,
     days,
     endpoint_of,
     signature_options,
+    state_dir_options,
 )
 from hindsight.client.transport import EXIT_REFUSED, request
 from hindsight.errors import ClientError, HindsightError
@@ -193,6 +194,19 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     )
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    print(access.keygen(args.output))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    return access.export(args)
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    return access.play(args)
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     result = audit.verify(Path(args.state_dir))
     if not result.ok:
@@ -249,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("resume", cmd_resume, "the call on LINE is recorded again").add_argument("line")
     add("status", cmd_status, "live lines and calls").add_argument("--json", action="store_true")
     _add_retention(add)
+    _add_access(add, commands)
     simulate.add_parser(add("simulate", simulate.run, "drive a simulated call floor"))
     _add_audit(commands)
     return parser
@@ -280,6 +295,35 @@ def _add_change(add: Adder, name: str, run: Command, help: str) -> argparse.Argu
     sub = add(name, run, help)
     sub.add_argument("call", metavar="CALL")
     signature_options(sub)
+    return sub
+
+
+def _add_access(add: Adder, commands: Any) -> None:
+    keygen = commands.add_parser(
+        "keygen",
+        help="make an age identity for opening recordings; prints its recipient",
+        description="Write a new age X25519 identity to FILE (mode 0600, never replacing a "
+        "file) and print its recipient (age1...) for the daemon's config.",
+    )
+    keygen.add_argument("-o", "--output", required=True, metavar="FILE", help="the new file")
+    keygen.set_defaults(run=cmd_keygen)
+    export = _add_opening(add, "export", cmd_export, "decrypt recording CALL into a FLAC file")
+    export.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="the FLAC to write; - for stdout"
+    )
+    play = _add_opening(add, "play", cmd_play, "play recording CALL on an output device")
+    play.add_argument("--device", help="output device: a (part of a) name or an index")
+
+
+def _add_opening(add: Adder, name: str, run: Command, help: str) -> argparse.ArgumentParser:
+    """A command that opens the recording CALL: the daemon logs who and why first."""
+    sub = add(name, run, help + " (the access is logged first)")
+    sub.add_argument("call", metavar="CALL")
+    sub.add_argument(
+        "--identity", required=True, metavar="FILE", help="the age identity keygen wrote"
+    )
+    signature_options(sub)
+    state_dir_options(sub)
     return sub
 
 

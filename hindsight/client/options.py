@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import tomllib
+from pathlib import Path
 
 from hindsight.config import SCHEMES, read_control_endpoint, resolve_config_path
 from hindsight.errors import ClientError, ConfigError
 from hindsight.protocol import MAX_EXTEND_DAYS
 
 EXIT_USAGE = 2
+DEFAULT_STATE_DIR = "/var/lib/hindsight"  # the daemon's default daemon.state_dir
 DEFAULT_TIMEOUT = 2.0
 MAX_TIMEOUT = 3600.0
 
@@ -82,3 +85,31 @@ def endpoint_of(args: argparse.Namespace) -> str:
         return read_control_endpoint(path)
     except ConfigError as exc:
         raise ClientError(f"cannot find the daemon's endpoint: {exc}", EXIT_USAGE) from exc
+
+
+def state_dir_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir", help="the daemon's state_dir (default: daemon.state_dir of the config)"
+    )
+
+
+def state_dir_of(args: argparse.Namespace) -> Path:
+    """``--state-dir``, else ``daemon.state_dir`` of the config (``--config``,
+    ``$HINDSIGHT_CONFIG`` or the default path), resolved as the daemon does. Lenient, as for
+    the endpoint: nothing else in the file is checked."""
+    if args.state_dir:
+        return Path(args.state_dir)
+    path = resolve_config_path(args.config)
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not valid TOML"
+        raise ClientError(
+            f"cannot read the state folder from {path} ({why or exc}); give --state-dir",
+            EXIT_USAGE,
+        ) from None
+    daemon = data.get("daemon", {})
+    value = daemon.get("state_dir", DEFAULT_STATE_DIR) if isinstance(daemon, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ClientError(f"{path}: daemon.state_dir is not a folder name", EXIT_USAGE)
+    return Path(os.path.normpath(path.absolute().parent / value))

@@ -8,12 +8,20 @@ Rules:
   ``--check-config`` may run them as any user. A path it may not look at is no problem: the
   daemon's own user may well be allowed.
 - ``make_state_dir`` is the one function here that changes the host; its failures are
-  ``ConfigError``, never a bare errno.
+  ``ConfigError``, never a bare errno. Folders it makes are ``STATE_DIR_MODE`` exactly,
+  whatever the umask; an existing state folder that other users may enter is tightened
+  (their bits taken away, with a warning), or the daemon refuses to start.
+- Files and folders under state_dir: folders 0750, files 0640 (the group is the daemon's
+  own, for auditors), secret keys 0600, nothing for other users. The daemon runs with
+  ``UMASK`` (set first thing at start-up, inherited by its worker) and every place that
+  creates something names its mode too, so neither alone decides.
 - The ``/proc`` files and the address-space limit are parameters, so tests feed fake ones.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import resource
 import stat
 from pathlib import Path
@@ -24,8 +32,11 @@ from hindsight.errors import ConfigError
 MEMINFO = Path("/proc/meminfo")
 SELF_STATUS = Path("/proc/self/status")
 STATE_DIR_MODE = 0o750
+UMASK = 0o027  # the daemon's own: nothing for other users, group write never
 
 _KIB_PER_MIB = 1024
+
+log = logging.getLogger(__name__)
 
 
 def check_host(config: Config) -> None:
@@ -68,16 +79,44 @@ def state_dir_problems(path: Path) -> list[str]:
 
 
 def make_state_dir(path: Path) -> None:
-    """Create the state folder (and its parents) unless it exists; ConfigError when it cannot."""
+    """Create the state folder (and its parents) unless it exists, ``STATE_DIR_MODE`` whatever
+    the umask; take other users' bits off an existing one. ConfigError when it cannot."""
     problems = state_dir_problems(path)
     if problems:
         raise ConfigError(problems)
+    missing = [where for where in (path, *path.parents) if _kind(where) == "missing"]
     try:
-        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, STATE_DIR_MODE)
+            except FileExistsError:
+                continue  # made meanwhile; checked below like any existing folder
+            os.chmod(folder, STATE_DIR_MODE)  # exactly: the umask may have taken group bits
     except OSError as error:
         # A read-only file system, permission denied, or something that appeared in the way.
         reason = error.strerror or str(error)
         raise ConfigError([f"daemon.state_dir: cannot create {path}: {reason}"]) from error
+    _tighten(path)
+
+
+def _tighten(path: Path) -> None:
+    """Take other users' bits off the existing state folder ``path``."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & stat.S_IRWXO:
+            os.chmod(path, mode & ~stat.S_IRWXO)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError(
+            [f"daemon.state_dir: cannot make {path} private to the daemon: {reason}"]
+        ) from error
+    if mode & stat.S_IRWXO:
+        log.warning(
+            "daemon.state_dir: %s was open to other users (mode %04o); now %04o",
+            path,
+            mode,
+            mode & ~stat.S_IRWXO,
+        )
 
 
 # --- memory for the chunk pool ---

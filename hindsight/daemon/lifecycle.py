@@ -18,6 +18,9 @@ Rules:
   ``retention.purge_interval_seconds``.
 - ``recordings {caller}`` finds a caller's recordings through the caller's keyed
   pseudonym (``pseudonym``): a subject access request; the number is never kept.
+- The daemon's own log (the journal) names no call here: only kept calls have recordings,
+  so a line naming the call of a hold, a review or a deletion would tell which calls were
+  kept. It says what was done, by whom, and how many; the commit log says to which call.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from hindsight.commitlog import CommitLog
 from hindsight.config import Config
 from hindsight.daemon.pseudonym import Pseudonyms
 from hindsight.durable import fsync_dir
+from hindsight.errors import ProtocolError
 from hindsight.layout import inside, sidecar_path
 from hindsight.retention import Ledger, Recording, Terms
 
@@ -102,25 +106,38 @@ class Lifecycle:
             actor=actor,
             reason=reason,
         )
-        log.info("%s: %s for %s until %s, by %s", event, call_id, purpose, retain_until, actor)
+        log.info("%s: a recording for %s until %s, by %s", event, purpose, retain_until, actor)
         return retain_until
 
     def hold(self, call_id: str, actor: str, reason: str) -> None:
         with self._lock:
             self.ledger.check_hold(call_id)
         self.log.append("recording_held", call_id=call_id, actor=actor, reason=reason)
-        log.info("recording of %s held by %s", call_id, actor)
+        log.info("a recording held by %s", actor)
 
     def release(self, call_id: str, actor: str, reason: str) -> None:
         with self._lock:
             self.ledger.check_release(call_id)
         self.log.append("recording_released", call_id=call_id, actor=actor, reason=reason)
-        log.info("recording of %s released by %s", call_id, actor)
+        log.info("a recording released by %s", actor)
 
     def erase(self, call_id: str, actor: str, reason: str) -> None:
         with self._lock:
             recording = self.ledger.check_erasable(call_id)
         self._delete(recording, "erased", actor=actor, reason=reason)
+
+    def access(self, call_id: str, actor: str, reason: str) -> Recording:
+        """Log that ``actor`` opens the recording of ``call_id`` and why; return it. Refused
+        with ``unknown_call`` when it does not exist (never kept, or deleted)."""
+        with self._lock:
+            recording = self.ledger.get(call_id)
+            gone = self.ledger.deletion(call_id) if recording is None else None
+        if recording is None:
+            deleted = "" if gone is None else f": it was deleted ({gone.why}) at {iso(gone.time)}"
+            raise ProtocolError("unknown_call", f"call {call_id!r} has no recording{deleted}")
+        self.log.append("recording_accessed", call_id=call_id, actor=actor, reason=reason)
+        log.info("a recording accessed by %s", actor)
+        return recording
 
     def purge(self, dry_run: bool = False) -> list[str]:
         """Delete every recording due now (with ``dry_run``, only say which)."""
@@ -137,7 +154,7 @@ class Lifecycle:
             "recording_deleted", call_id=recording.call_id, path=recording.path, why=why, **by
         )
         self.deleter.delete(recording.call_id, recording.path)
-        log.info("recording of %s deleted (%s)", recording.call_id, why)
+        log.info("a recording deleted (%s)", why)
 
 
 def finish_deletions(ledger: Ledger, state_dir: Path) -> None:
@@ -147,11 +164,14 @@ def finish_deletions(ledger: Ledger, state_dir: Path) -> None:
             continue  # committed again since (a recovered recording)
         recording = inside(state_dir, deletion.path)
         if recording is None:
-            log.error("not following the logged path %r out of recordings/", deletion.path)
+            # Not the path itself: it names the call (the commit log has it, for the auditor).
+            log.error("not following a logged deletion's path out of recordings/")
             continue
         left = [p for p in (recording, sidecar_path(recording, deletion.call_id)) if p.exists()]
         for path in left:
             path.unlink()
-            log.warning("finished the deletion of %s, cut short by a crash", path)
         if left:
             fsync_dir(recording.parent)
+            log.warning(
+                "finished the deletion of a recording, cut short by a crash (%d files)", len(left)
+            )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import signal
 import socket
 import sys
@@ -37,7 +38,7 @@ from hindsight.daemon import logs, systemd
 from hindsight.daemon.buffer import CHUNK_SAMPLES, Pool, chunk_count
 from hindsight.daemon.calls import CallTable
 from hindsight.daemon.harden import harden_process
-from hindsight.daemon.host import check_host, make_state_dir
+from hindsight.daemon.host import UMASK, check_host, make_state_dir
 from hindsight.daemon.keeper import Keeper, process_spawner
 from hindsight.daemon.lifecycle import Lifecycle, finish_deletions
 from hindsight.daemon.memory import PoolMemory
@@ -76,6 +77,8 @@ class Daemon:
         # ends with every call settled and daemon_stopped logged.
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        # Before anything is created: nothing the daemon or its worker makes is for other users.
+        os.umask(UMASK)
         # Before anything heavy: a pool this host cannot hold is refused, never tried.
         check_host(self.config)
         harden_process()
@@ -89,7 +92,7 @@ class Daemon:
 
     def _run(self, commit_log: CommitLog) -> int:
         count = chunk_count(self.config.buffer.memory_mb)
-        memory = PoolMemory.create(count * CHUNK_SAMPLES * 2)
+        memory = PoolMemory.create(count * CHUNK_SAMPLES * 2, self.config.buffer.require_lock)
         pool = Pool(self.config.buffer.memory_mb, data=memory.array(CHUNK_SAMPLES))
         table = CallTable(self.config, pool, known_ids=commit_log.call_ids)
         spawn = process_spawner(memory, CHUNK_SAMPLES, self.config.daemon.state_dir)

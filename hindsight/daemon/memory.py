@@ -11,7 +11,9 @@ Rules:
   it), and locked in memory so that audio is never swapped out.
 - When locking fails the memory is left untouched: pages are then committed
   as calls write into them, never all at once at start-up (a pool the
-  machine cannot give must not be faulted in whole).
+  machine cannot give must not be faulted in whole). The daemon then warns
+  and goes on, or, with ``buffer.require_lock``, refuses to start: a
+  ``ConfigError`` naming the limit to raise and by how much.
 - The memfd has no name in any file system; it is gone when both processes
   have closed it.
 """
@@ -23,18 +25,20 @@ import fcntl
 import logging
 import mmap
 import os
+import resource
 from dataclasses import dataclass
 
 import numpy as np
 
 from hindsight.daemon.buffer import Int16Array
 from hindsight.daemon.harden import libc
-from hindsight.errors import HindsightError
+from hindsight.errors import ConfigError, HindsightError
 
 log = logging.getLogger(__name__)
 
 MEMFD_NAME = "hindsight-pool"
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+_MIB = 1 << 20
 
 
 @dataclass
@@ -47,8 +51,11 @@ class PoolMemory:
     locked: bool
 
     @classmethod
-    def create(cls, size: int) -> PoolMemory:
-        """A fresh, zeroed, sealed memfd of ``size`` bytes, mapped, advised and locked."""
+    def create(cls, size: int, require_lock: bool = False) -> PoolMemory:
+        """A fresh, zeroed, sealed memfd of ``size`` bytes, mapped, advised and locked.
+
+        With ``require_lock``, a pool that cannot be locked is a ``ConfigError``, not a warning.
+        """
         try:
             fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         except OSError as exc:
@@ -60,13 +67,13 @@ class PoolMemory:
             os.close(fd)
             raise HindsightError(f"cannot size the chunk pool's memory: {exc}") from exc
         try:
-            return cls.attach(fd, size)
+            return cls.attach(fd, size, require_lock)
         except BaseException:
             os.close(fd)
             raise
 
     @classmethod
-    def attach(cls, fd: int, size: int) -> PoolMemory:
+    def attach(cls, fd: int, size: int, require_lock: bool = False) -> PoolMemory:
         """Map memfd ``fd`` (made by ``create``, maybe in another process), advised and locked."""
         try:
             mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
@@ -77,7 +84,18 @@ class PoolMemory:
             ) from exc
         mapping.madvise(mmap.MADV_DONTDUMP)
         mapping.madvise(mmap.MADV_DONTFORK)
-        return cls(fd, size, mapping, _mlock(mapping))
+        why = _mlock(mapping)
+        if why is None:
+            return cls(fd, size, mapping, True)
+        if require_lock:
+            mapping.close()
+            raise ConfigError([f"buffer.require_lock: {lock_failure(size, why)}"])
+        log.warning(
+            "%s; buffered audio may be swapped out (buffer.require_lock = true refuses to start "
+            "instead)",
+            lock_failure(size, why),
+        )
+        return cls(fd, size, mapping, False)
 
     def array(self, chunk_samples: int) -> Int16Array:
         """The mapping as ``(chunks, chunk_samples)`` int16: the pool's data, no copy."""
@@ -87,24 +105,31 @@ class PoolMemory:
         )
 
 
-def _mlock(mapping: mmap.mmap) -> bool:
+def lock_failure(size: int, why: str) -> str:
+    """What a pool of ``size`` bytes that could not be locked (``why``) needs: which limit, and
+    how high, in the systemd unit's and the shell's own units."""
+    mib = -(-size // _MIB)
+    soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    now = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft >> 10} KiB"
+    return (
+        f"cannot lock the {mib} MiB chunk pool in memory ({why}); raise the locked-memory limit "
+        f"(now {now}) to at least {mib} MiB: LimitMEMLOCK={mib}M (or infinity) in the systemd "
+        f"unit, ulimit -l {mib << 10} (KiB) by hand"
+    )
+
+
+def _mlock(mapping: mmap.mmap) -> str | None:
+    """Lock ``mapping`` in memory: None when it held, else why not."""
     lib = libc()
     if lib is None:
-        log.warning("libc not found: the chunk pool is not locked in memory")
-        return False
+        return "libc not found"
     view = (ctypes.c_char * len(mapping)).from_buffer(mapping)
     try:
         address = ctypes.addressof(view)
         lib.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         if lib.mlock(ctypes.c_void_p(address), ctypes.c_size_t(len(mapping))) == 0:
-            return True
+            return None
         errno = ctypes.get_errno()
     finally:
         del view  # a live ctypes view would keep the mapping from ever closing
-    log.warning(
-        "cannot lock the %d MiB chunk pool in memory (%s): buffered audio may be swapped out; "
-        "raise the locked-memory limit (systemd: LimitMEMLOCK=, by hand: ulimit -l)",
-        len(mapping) >> 20,
-        os.strerror(errno),
-    )
-    return False
+    return os.strerror(errno)

@@ -18,6 +18,7 @@ from hindsight.daemon.calls import Call, CallTable
 from hindsight.daemon.lifecycle import Lifecycle
 from hindsight.errors import HindsightError, ProtocolError
 from hindsight.protocol import (
+    Access,
     End,
     Erase,
     Extend,
@@ -81,6 +82,7 @@ class Service:
             Release: self._release,
             Erase: self._erase,
             Purge: self._purge,
+            Access: self._access,
         }
 
     def handle(self, frame: bytes) -> bytes:
@@ -149,10 +151,11 @@ class Service:
             )
         # Logged before it takes effect: a mark the log does not hold never keeps a call.
         if purpose not in call.mark_purposes:
+            # Not in the daemon's own log: a mark keeps the call, and the journal never says
+            # which calls were kept (the commit log does, for the auditor).
             self.log.append(
                 "call_marked", call_id=call.call_id, line=call.line.name, purpose=purpose
             )
-            log.info("call %s marked for %s", call.call_id, purpose)
         self.table.mark(request.line, purpose, request.note)
         return {"call_id": call.call_id}
 
@@ -198,6 +201,11 @@ class Service:
 
     def _purge(self, request: Purge) -> dict[str, Any]:
         return {"deleted": self.lifecycle.purge(request.dry_run)}
+
+    def _access(self, request: Access) -> dict[str, Any]:
+        # Logged first: nobody learns where a recording is unless the log says who and why.
+        recording = self.lifecycle.access(request.call_id, request.actor, request.reason)
+        return {"path": recording.path, "sha256": recording.sha256}
 
     def _declared(self, purpose: str) -> str:
         if self.config.purpose(purpose) is None:
