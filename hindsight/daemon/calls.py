@@ -185,9 +185,23 @@ class CallTable:
         self.config = config
         self.pool = pool
         self.lock = threading.Lock()
+        # Ids already used: the commit log's own set, which learns each new id
+        # when its call_started is appended, right after ``start`` returns.
+        self._known_ids = known_ids if known_ids is not None else set()
+        self._draw = draw or (lambda: draw_sample(self.config.sampling.one_in))
+        self._max_frames = round(config.buffer.max_call_seconds * config.audio.samplerate)
+        self.pool_steals = 0  # chunks taken from live calls because the pool ran dry
+        self.dropped_frames = 0  # frames no chunk at all could hold
+        self._slots: list[Call | None] = []
+        self._set_lines(config)
+
+    def _set_lines(self, config: Config) -> None:
+        """Slots, routes and rankings for ``config``'s lines; a live call keeps its line's
+        place by name (the caller holds the lock, or nobody else runs yet)."""
+        live = {call.line.name: call for call in self._slots if call is not None}
         self._lines = config.lines
         self._slot_of = {line.name: i for i, line in enumerate(config.lines)}
-        self._slots: list[Call | None] = [None] * len(config.lines)
+        self._slots = [live.get(line.name) for line in config.lines]
         self._routes = {
             device.name: tuple(
                 Route(i, columns_for(line.channels))
@@ -196,16 +210,28 @@ class CallTable:
             )
             for device in config.audio.devices
         }
-        # Ids already used: the commit log's own set, which learns each new id
-        # when its call_started is appended, right after ``start`` returns.
-        self._known_ids = known_ids if known_ids is not None else set()
-        self._draw = draw or (lambda: draw_sample(config.sampling.one_in))
-        self._max_frames = round(config.buffer.max_call_seconds * config.audio.samplerate)
         widest = max(len(line.channels) for line in config.lines)
         self._silence: Int16Array = np.zeros((config.audio.blocksize, widest), dtype=np.int16)
-        self.pool_steals = 0  # chunks taken from live calls because the pool ran dry
-        self.dropped_frames = 0  # frames no chunk at all could hold
         self._init_ranking(min(len(line.channels) for line in config.lines), widest)
+        for slot, call in enumerate(self._slots):
+            if call is not None:
+                self._rank(slot, call)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: lines added, changed or removed, sampling and the rest.
+
+        Every live call's line must be in ``config`` unchanged (``reload.refusals`` sees to
+        it): its audio keeps flowing into the same call, whatever its line's new place.
+        """
+        with self.lock:
+            live = [call.line.name for call in self._slots if call is not None]
+            assert all(config.line(name) is not None for name in live)
+            self.config = config
+            self._set_lines(config)
+
+    def live_calls(self) -> list[Call]:
+        with self.lock:
+            return [call for call in self._slots if call is not None]
 
     def _init_ranking(self, narrowest: int, widest: int) -> None:
         """Rankings of the calls a dry pool may take from (see ``_rank``)."""

@@ -74,6 +74,15 @@ class Lifecycle:
         self._lock = threading.Lock()  # the ledger: the keeper's thread logs commits too
         commit_log.listen(self._applied)
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config's retention terms, for resolve and extend from now on."""
+        self.terms = terms(config)
+
+    def kept_for(self, purpose: str) -> int:
+        """How many recordings are kept for ``purpose`` now."""
+        with self._lock:
+            return len(self.ledger.recordings(purpose, None))
+
     def _applied(self, entry: Mapping[str, Any]) -> None:
         with self._lock:
             self.ledger.apply(entry)

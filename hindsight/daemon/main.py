@@ -6,7 +6,13 @@ Rules:
   socket) is done before ``daemon_started`` is logged: a broken daemon never
   starts half-way.
 - Signal handlers only queue the signal (and wake the loop through the
-  wakeup fd); the main loop acts on it.
+  wakeup fd); the main loop acts on it. Every signal a sysadmin might send is
+  handled and logged: SIGTERM, SIGINT and SIGQUIT stop cleanly, SIGHUP
+  reloads the config (``reload``), SIGUSR1 logs a status line, the rest
+  (SIGUSR2, SIGALRM, SIGTSTP, ...) are logged and ignored, so none of them
+  kills the daemon with its live calls.
+- Under systemd (``systemd``): READY=1 when up, STATUS= on change,
+  WATCHDOG=1 while audio flows, STOPPING=1 when a stop begins.
 - Two processes: this one keeps the call table, the audio sources, the
   control loop and the commit log; the worker process (``worker``, driven
   by the ``keeper`` thread) does everything slow to ended calls, reading
@@ -27,6 +33,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import FrameType
 
 import zmq
@@ -44,6 +51,7 @@ from hindsight.daemon.lifecycle import Lifecycle, finish_deletions
 from hindsight.daemon.memory import PoolMemory
 from hindsight.daemon.pseudonym import Pseudonyms
 from hindsight.daemon.recovery import settle_open_calls
+from hindsight.daemon.reload import file_sha256, refusals
 from hindsight.daemon.server import ControlServer
 from hindsight.daemon.service import Service
 from hindsight.daemon.sources import Source, loop_source
@@ -54,6 +62,26 @@ log = logging.getLogger("hindsight.daemon")
 
 TICK_MS = 250
 WORKER_START_SECONDS = 20.0
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# Sent by mistake, by a tool, or by a terminal: logged and ignored, never fatal. (SIGPIPE
+# stays ignored, as Python sets it; SIGKILL and SIGSTOP cannot be caught.)
+IGNORED_SIGNALS = (
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGTSTP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGWINCH,
+    signal.SIGCONT,
+    signal.SIGXCPU,
+    signal.SIGXFSZ,
+    signal.SIGTRAP,
+)
+HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1, *IGNORED_SIGNALS)
 
 
 def build_sources(config: Config) -> list[Source]:
@@ -68,14 +96,16 @@ def build_sources(config: Config) -> list[Source]:
 
 
 class Daemon:
+    _parts: _Parts  # set by _run, before any signal is acted on
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self._signals: list[int] = []
 
     def run(self) -> int:
-        # Queue SIGTERM from the start, so that a stop during start-up still
+        # Queue signals from the start, so that a stop during start-up still
         # ends with every call settled and daemon_stopped logged.
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._on_signal)
         # Before anything is created: nothing the daemon or its worker makes is for other users.
         os.umask(UMASK)
@@ -109,6 +139,8 @@ class Daemon:
         service = Service(
             self.config, table, keeper, commit_log, lambda: _states(sources), lifecycle
         )
+        flow = systemd.Flow([source.name for source in sources])
+        self._parts = _Parts(table, keeper, lifecycle, service, commit_log, sources, flow)
         try:
             self._start(commit_log, keeper, table, sources, pool)
             self._loop(server, service, table)
@@ -128,9 +160,10 @@ class Daemon:
         sources: list[Source],
         pool: Pool,
     ) -> None:
+        flow = self._parts.flow
         for source in sources:
             source.start(
-                functools.partial(table.feed, source.name),
+                flow.wrap(source.name, functools.partial(table.feed, source.name)),
                 functools.partial(table.fill_silence, source.name),
             )
         keeper.start()
@@ -140,7 +173,8 @@ class Daemon:
                 f"the worker process did not start within {limit:g} s "
                 "(its messages, if any, are above)"
             )
-        commit_log.append("daemon_started", version=__version__)
+        sha = file_sha256(self.config.path)
+        commit_log.append("daemon_started", version=__version__, config_sha256=sha)
         settle_open_calls(commit_log, self.config.daemon.state_dir)
         log.info(
             "hindsightd %s up: %d lines, %d devices, pool of %d chunks, control at %s",
@@ -164,6 +198,8 @@ class Daemon:
         poller.register(waker_r, zmq.POLLIN)
         watch = PoolWatch(table)
         purger = Purger(service.lifecycle, self.config.retention.purge_interval_seconds)
+        self._parts.purger = purger
+        notifier = systemd.Notifier(self._parts.flow, systemd.watchdog_interval())
         try:
             while not self._stop_requested():
                 events = dict(poller.poll(TICK_MS))
@@ -172,7 +208,16 @@ class Daemon:
                 if waker_r.fileno() in events:
                     waker_r.recv(4096)
                 watch.check()
-                purger.check(time.monotonic())
+                now = time.monotonic()
+                purger.check(now)
+                states = _states(self._parts.sources)
+                for name in notifier.tick(now, self._status_line(), states):
+                    log.error(
+                        "no audio from device %s for %.0f s: its capture is stuck (under "
+                        "systemd the watchdog restarts the service)",
+                        name,
+                        systemd.STALL_SECONDS,
+                    )
         finally:
             signal.set_wakeup_fd(previous)
             waker_r.close()
@@ -184,12 +229,61 @@ class Daemon:
     def _stop_requested(self) -> bool:
         while self._signals:
             signum = self._signals.pop(0)
+            name = signal.Signals(signum).name
+            if signum in STOP_SIGNALS:
+                log.info("%s: stopping", name)
+                return True
             if signum == signal.SIGHUP:
-                log.warning("SIGHUP: reloading is not supported yet; carrying on")
-                continue
-            log.info("%s: stopping", signal.Signals(signum).name)
-            return True
+                self._reload()
+            elif signum == signal.SIGUSR1:
+                log.info("SIGUSR1: %s", self._status_line())
+            else:
+                log.warning("%s received: ignored (SIGTERM stops the daemon, SIGHUP reloads)", name)
         return False
+
+    def _status_line(self) -> str:
+        parts = self._parts
+        live = sum(row.call_id is not None for row in parts.table.status())
+        pid = parts.keeper.state()["pid"]
+        worker = f"worker pid {pid}" if pid is not None else "worker restarting"
+        return f"{live} live call(s) on {len(self.config.lines)} line(s); {worker}"
+
+    def _reload(self) -> None:
+        """SIGHUP: read the config file again; apply it whole, or keep the old one."""
+        parts, path = self._parts, self.config.path
+        if path is None:
+            log.error("SIGHUP: this daemon was not started from a file; nothing to reload")
+            return
+        try:
+            new = load_config(path)
+            sha = file_sha256(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("SIGHUP: config not reloaded, the old one stays: %s", problem)
+            return
+        except OSError as exc:
+            log.error("SIGHUP: config not reloaded, the old one stays: %s", exc)
+            return
+        live = parts.table.live_calls()
+        refused = refusals(self.config, new, live, parts.lifecycle.kept_for)
+        for reason in refused:
+            log.error("SIGHUP: config not reloaded, the old one stays: %s", reason)
+        if refused:
+            return
+        parts.table.reconfigure(new)
+        parts.keeper.config = new
+        parts.keeper.hang_seconds = new.worker.hang_seconds
+        parts.lifecycle.reconfigure(new)
+        parts.service.config = new
+        if parts.purger is not None:
+            parts.purger.interval = new.retention.purge_interval_seconds
+        self.config = new
+        try:
+            parts.commit_log.append("config_reloaded", config_sha256=sha)
+        except HindsightError as exc:
+            log.error("config reloaded, but the commit log could not say so: %s", exc)
+        log.info("SIGHUP: config reloaded (sha256 %s): %d line(s)", sha, len(new.lines))
+        _warn_if_unencrypted(new)
 
     def _shutdown(
         self,
@@ -210,6 +304,20 @@ class Daemon:
             server.serve_pending(service.handle)
         commit_log.append("daemon_stopped", version=__version__)
         log.info("hindsightd stopped")
+
+
+@dataclass
+class _Parts:
+    """What a reload reaches into; built once by ``Daemon._run``."""
+
+    table: CallTable
+    keeper: Keeper
+    lifecycle: Lifecycle
+    service: Service
+    commit_log: CommitLog
+    sources: list[Source]
+    flow: systemd.Flow
+    purger: Purger | None = None
 
 
 class Purger:

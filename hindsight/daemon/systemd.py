@@ -1,9 +1,24 @@
-"""sd_notify in a dozen lines: does nothing unless systemd gave us $NOTIFY_SOCKET."""
+"""The systemd notify protocol in a few lines: a no-op unless systemd gave us $NOTIFY_SOCKET.
+
+Rules:
+
+- ``READY=1`` once every source runs and the control socket is bound;
+  ``STOPPING=1`` when a stop begins; ``STATUS=`` a line about the live calls,
+  sent when it changes (counts only: nothing in it tells which calls are kept).
+- ``WATCHDOG=1`` from the main loop, every half of ``$WATCHDOG_USEC``, and only
+  while audio flows: when a running source has delivered no block for
+  ``STALL_SECONDS``, the pings stop and systemd restarts the service. A source
+  that knows it lost its device (and is reopening it) is not stuck.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable, Mapping
+
+STALL_SECONDS = 2.0  # a running source silent this long is stuck
 
 
 def notify(state: str) -> bool:
@@ -19,3 +34,62 @@ def notify(state: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def watchdog_interval(environ: Mapping[str, str] = os.environ) -> float | None:
+    """Seconds between pings asked for by systemd (half its timeout); None when not asked."""
+    usec = environ.get("WATCHDOG_USEC", "")
+    pid = environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+class Flow:
+    """When each source last delivered a block; set on the audio thread, one float store."""
+
+    def __init__(self, names: list[str], clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last = dict.fromkeys(names, clock())
+
+    def wrap(self, name: str, deliver: Callable[..., None]) -> Callable[..., None]:
+        last, clock = self.last, self.clock
+
+        def delivered(*args: object) -> None:
+            last[name] = clock()
+            deliver(*args)
+
+        return delivered
+
+    def stalled(self, states: Mapping[str, str]) -> list[str]:
+        """The running sources that delivered nothing for ``STALL_SECONDS``."""
+        now = self.clock()
+        return [
+            name
+            for name, when in self.last.items()
+            if states.get(name) == "running" and now - when > STALL_SECONDS
+        ]
+
+
+class Notifier:
+    """What the main loop tells systemd each tick: STATUS on change, WATCHDOG while flowing."""
+
+    def __init__(self, flow: Flow, interval: float | None) -> None:
+        self.flow = flow
+        self.interval = interval
+        self.next_ping = 0.0
+        self.status = ""
+        self.stalled: list[str] = []
+
+    def tick(self, now: float, status: str, states: Mapping[str, str]) -> list[str]:
+        """Send what is due; return the sources that newly stalled (for the log)."""
+        if status != self.status:
+            self.status = status
+            notify(f"STATUS={status}")
+        stalled = self.flow.stalled(states)
+        newly = [name for name in stalled if name not in self.stalled]
+        self.stalled = stalled
+        if self.interval is not None and not stalled and now >= self.next_ping:
+            notify("WATCHDOG=1")
+            self.next_ping = now + self.interval
+        return newly
