@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hindsight import __version__, audit
-from hindsight.client import access, simulate
+from hindsight.client import access, hotkey, simulate
 from hindsight.client.options import (
     actor_of,
     connection_options,
@@ -181,6 +181,18 @@ def render_status(reply: dict[str, Any]) -> str:
     if worker:
         pid = worker["pid"] if worker["pid"] is not None else "restarting"
         text += f"\n\nworker: pid {pid}, {worker['restarts']} restart(s)"
+    metrics = reply.get("metrics")
+    if metrics and metrics.get("taken"):
+        text += (
+            f"\npool: {metrics['pool_free']} of {metrics['pool_chunks']} chunks free, "
+            f"{metrics['pool_steals']} taken from live calls, "
+            f"{metrics['dropped_frames']} frames dropped; worker backlog {metrics['backlog']}, "
+            f"{metrics['store_failures']} failed job(s)"
+        )
+        if metrics.get("last_store_error"):
+            text += f"\nlast store error ({metrics['last_store_error_at']}): "
+            text += metrics["last_store_error"]
+        text += f"\n(figures of {metrics['taken']})"
     bare = (reply.get("encryption") or {}).get("unencrypted_purposes")
     if bare:
         text += f"\nNOT ENCRYPTED: recordings kept for {', '.join(bare)}"
@@ -265,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retention(add)
     _add_access(add, commands)
     simulate.add_parser(add("simulate", simulate.run, "drive a simulated call floor"))
+    hotkey.add_parser(
+        add("hotkey", hotkey.run, "the record key as a global key of the X11 session")
+    )
     _add_audit(commands)
     return parser
 
