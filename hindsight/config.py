@@ -29,12 +29,13 @@ dataclasses.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
@@ -61,17 +62,27 @@ MAX_DAYS = 36500
 # `hindsight audit verify` fails on a recording more than a day past its retention; a purge at
 # least twice a day keeps a due recording well inside that, even across a restart.
 MAX_PURGE_INTERVAL_SECONDS = 43200
+# An ended call waits marking.grace_seconds for a late record key, its audio still in the
+# pool: a few minutes at most, so that a wipe is never put off for long.
+MAX_MARK_GRACE_SECONDS = 300
 # libsndfile's FLAC writer refuses more, so a wider line could never be kept.
 MAX_LINE_CHANNELS = 8
 
 _CLIP = 40
 SCHEMES = ("ipc://", "tcp://")  # the ZeroMQ transports the control socket may use
+# What a [[clients]] entry may be; hindsight.daemon.rights says what each may do.
+ROLES = ("telephony", "agent", "reviewer", "admin")
+# A CURVE key as ZeroMQ writes it: 32 bytes in Z85 (ZeroMQ RFC 32), 40 characters.
+Z85_KEY_CHARS = 40
+_Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path
     control: str
+    listen: str | None = None  # tcp:// endpoint for [[clients]]: CURVE, always authenticated
+    curve_secret_key_file: Path | None = None  # the listen socket's key pair (a ZeroMQ cert)
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,12 @@ class BufferConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    textfile: Path | None = None  # Prometheus text format, for node_exporter's textfile collector
+    interval_seconds: float = 60.0  # how often the figures are read (and the file written)
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     recipients: tuple[str, ...] = ()  # age X25519 recipients of every recording
     require_encryption: bool = False  # refuse to start unless every purpose has a recipient
@@ -112,6 +129,9 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class MarkingConfig:
     purpose: str
+    # Seconds after a call's end during which ``mark`` still keeps it (the caller hung up
+    # first); every ended call, kept or not, waits this long before its wipe or commit.
+    grace_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +159,16 @@ class PurposeConfig:
 
 
 @dataclass(frozen=True)
+class ClientConfig:
+    """A remote client of ``daemon.listen``, known by its CURVE public key."""
+
+    name: str
+    public_key: str  # Z85, 40 characters
+    role: str  # one of ROLES
+    lines: tuple[str, ...]  # the lines an agent may mark and see
+
+
+@dataclass(frozen=True)
 class RetentionConfig:
     purge_interval_seconds: float
 
@@ -156,6 +186,8 @@ class Config:
     lines: tuple[LineConfig, ...]
     purposes: tuple[PurposeConfig, ...]
     path: Path | None
+    metrics: MetricsConfig = MetricsConfig()
+    clients: tuple[ClientConfig, ...] = ()  # who may use daemon.listen, and for what
 
     def purpose(self, name: str) -> PurposeConfig | None:
         return next((p for p in self.purposes if p.name == name), None)
@@ -346,6 +378,52 @@ class _Endpoint(_Value[str]):
         return endpoint
 
 
+class _TcpEndpoint(_Value[str]):
+    def parse(self, raw: object) -> str:
+        endpoint = _expect_str(raw)
+        if not endpoint.startswith("tcp://") or endpoint == "tcp://":
+            raise ValueError(f"must be 'tcp://ADDRESS:PORT', got {_clip(repr(endpoint))}")
+        return endpoint
+
+
+def z85_key_problem(text: str) -> str | None:
+    """Why ``text`` is not a Z85 CURVE key (40 characters, 32 bytes); None when it is one."""
+    if len(text) != Z85_KEY_CHARS or any(char not in _Z85 for char in text):
+        return f"must be a Z85 key of {Z85_KEY_CHARS} characters"
+    for at in range(0, Z85_KEY_CHARS, 5):
+        value = 0
+        for char in text[at : at + 5]:
+            value = value * 85 + _Z85.index(char)
+        if value >= 1 << 32:
+            return f"must be a Z85 key of {Z85_KEY_CHARS} characters (it does not decode)"
+    return None
+
+
+class _Z85Key(_Value[str]):
+    def parse(self, raw: object) -> str:
+        text = _expect_str(raw)
+        problem = z85_key_problem(text)
+        if problem is not None:
+            # A key is not a secret here, but a secret key pasted by mistake would be: no echo.
+            raise ValueError(f"{problem}, got {len(text)} characters")
+        return text
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a ``tcp://`` endpoint binds loopback only: 127.0.0.0/8, ::1 or localhost.
+
+    Names are not resolved: any other name (a host name, an interface, ``*``) is not loopback.
+    """
+    host = endpoint.removeprefix("tcp://").rpartition(":")[0]
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _DeviceSpec(_Value[str | int | None]):
     """A sounddevice device name or index; "" is the default input (None)."""
 
@@ -401,6 +479,8 @@ _Schema = Mapping[str, _Key]
 _DAEMON: Final[_Schema] = {
     "state_dir": _Key(_Str(non_empty=True), "/var/lib/hindsight"),
     "control": _Key(_Endpoint(), "ipc:///run/hindsight/control.sock"),
+    "listen": _Key(_TcpEndpoint(), None),  # needs curve_secret_key_file: a cross-check
+    "curve_secret_key_file": _Key(_Str(non_empty=True), None),
 }
 _AUDIO: Final[_Schema] = {
     "source": _Key(_Str(SOURCES), "sounddevice"),
@@ -419,7 +499,10 @@ _SAMPLING: Final[_Schema] = {
     "one_in": _Key(_Int(0), 10),
     "purpose": _Key(_Id(), "training"),
 }
-_MARKING: Final[_Schema] = {"purpose": _Key(_Id(), "escalation")}
+_MARKING: Final[_Schema] = {
+    "purpose": _Key(_Id(), "escalation"),
+    "grace_seconds": _Key(_Float(0, MAX_MARK_GRACE_SECONDS, low_allowed=True), 0),
+}
 # The worker says alive twice a second; a long silence means it hangs (or starves: it runs
 # at idle priority, so a host whose CPUs are all busy for that long is taken for the same).
 _WORKER: Final[_Schema] = {"hang_seconds": _Key(_Float(0, 3600), 60)}
@@ -430,6 +513,10 @@ _STORAGE: Final[_Schema] = {
     "recipients": _Key(_Recipients(), []),
     "require_encryption": _Key(_Bool(), False),
 }
+_METRICS: Final[_Schema] = {
+    "textfile": _Key(_Str(), ""),
+    "interval_seconds": _Key(_Float(0, 3600), 60),
+}
 _SECTIONS: Final[Mapping[str, _Schema]] = {
     "daemon": _DAEMON,
     "audio": _AUDIO,
@@ -439,6 +526,7 @@ _SECTIONS: Final[Mapping[str, _Schema]] = {
     "worker": _WORKER,
     "retention": _RETENTION,
     "storage": _STORAGE,
+    "metrics": _METRICS,
 }
 _DEVICE: Final[_Schema] = {
     "name": _Key(_Id()),
@@ -464,7 +552,13 @@ _DEFAULT_PURPOSES: Final[Mapping[str, object]] = {
     "training": {"legal_basis": "legitimate-interest", "retention_days": 92},
     "escalation": {"legal_basis": "contract", "retention_days": 730},
 }
-_TOP_LEVEL: Final = (*_SECTIONS, "devices", "lines", "purposes")
+_CLIENT: Final[_Schema] = {
+    "name": _Key(_Id()),
+    "public_key": _Key(_Z85Key()),
+    "role": _Key(_Str(ROLES)),
+    "lines": _Key(_Ids(), []),  # declared lines: a cross-check
+}
+_TOP_LEVEL: Final = (*_SECTIONS, "devices", "lines", "purposes", "clients")
 
 
 # --- phase 1: clean each table against its schema ---
@@ -700,6 +794,48 @@ def _check_encryption(
         )
 
 
+def _parse_clients(
+    raw: object, lines: list[dict[str, Any]], problems: _Problems
+) -> list[dict[str, Any]]:
+    """``[[clients]]``: names and keys unique, an agent's lines declared under [[lines]]."""
+    entries = _parse_array("clients", raw, _CLIENT, problems)
+    _check_unique("clients", entries, "client", problems)
+    declared = [line["name"] for line in lines if "name" in line]
+    keys: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        key, name = entry.get("public_key"), entry.get("name", f"clients[{index}]")
+        if key is not None and key in keys:
+            problems.add(f"clients[{index}].public_key", f"the same key as client {keys[key]!r}")
+        elif key is not None:
+            keys[key] = name
+        for line in entry.get("lines", ()):
+            if line not in declared:
+                problems.add(
+                    f"clients[{index}].lines",
+                    f"{line!r} is not declared under [[lines]]{_suggest(line, declared)}",
+                )
+    return entries
+
+
+def _check_listen(daemon: dict[str, Any], clients: list[Any], problems: _Problems) -> None:
+    """``listen`` needs its key pair; an unauthenticated ``control`` stays on loopback until a
+    client key is configured."""
+    if daemon.get("listen") is not None and daemon.get("curve_secret_key_file", "") is None:
+        problems.add(
+            "daemon.curve_secret_key_file",
+            "required with daemon.listen: the key pair 'hindsight keygen --curve -o NAME' "
+            "writes (NAME.key_secret)",
+        )
+    control = daemon.get("control") or ""
+    if control.startswith("tcp://") and not is_loopback(control) and not clients:
+        problems.add(
+            "daemon.control",
+            f"{_clip(repr(control))} is not loopback, and this socket has no authentication: "
+            "anyone who can reach it could keep or end every call; bind it to 127.0.0.1 and "
+            "give remote clients daemon.listen (CURVE) and [[clients]] keys",
+        )
+
+
 # --- phase 3: build, only from a problem-free parse ---
 
 
@@ -726,6 +862,11 @@ def _build_audio(audio: dict[str, Any], devices: list[dict[str, Any]], base: Pat
     )
 
 
+def _build_metrics(metrics: dict[str, Any], base: Path) -> MetricsConfig:
+    textfile = _resolve(base, metrics["textfile"]) if metrics["textfile"] else None
+    return MetricsConfig(textfile=textfile, interval_seconds=metrics["interval_seconds"])
+
+
 def _build(
     sections: Mapping[str, dict[str, Any]],
     devices: list[dict[str, Any]],
@@ -739,6 +880,12 @@ def _build(
         daemon=DaemonConfig(
             state_dir=_resolve(base, daemon["state_dir"]),
             control=_resolve_endpoint(daemon["control"], base),
+            listen=daemon["listen"],
+            curve_secret_key_file=(
+                _resolve(base, daemon["curve_secret_key_file"])
+                if daemon["curve_secret_key_file"]
+                else None
+            ),
         ),
         audio=_build_audio(sections["audio"], devices, base),
         buffer=BufferConfig(**sections["buffer"]),
@@ -747,6 +894,7 @@ def _build(
         worker=WorkerConfig(**sections["worker"]),
         retention=RetentionConfig(**sections["retention"]),
         storage=StorageConfig(**sections["storage"]),
+        metrics=_build_metrics(sections["metrics"], base),
         lines=tuple(LineConfig(**entry) for entry in lines),
         purposes=tuple(PurposeConfig(**entry) for entry in purposes),
         path=path,
@@ -775,8 +923,11 @@ def parse_config(data: dict[str, Any], base_dir: Path, path: Path | None = None)
     _check_purpose_refs(sections, declared, problems)
     _check_announced(lines, declared, problems)
     _check_encryption(sections["storage"], purposes, problems)
+    clients = _parse_clients(data["clients"], lines, problems) if "clients" in data else []
+    _check_listen(sections["daemon"], clients, problems)
     problems.raise_if_any()
-    return _build(sections, devices, lines, purposes, base, path)
+    config = _build(sections, devices, lines, purposes, base, path)
+    return replace(config, clients=tuple(ClientConfig(**entry) for entry in clients))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

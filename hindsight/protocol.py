@@ -79,6 +79,9 @@ class Mark:
     line: str
     purpose: str | None = None
     note: str | None = None
+    # The call meant: the live one, or one that ended on the line within
+    # marking.grace_seconds. None: the live call, else the one that ended last.
+    call_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,7 @@ def _parse_mark(m: Mapping[str, Any]) -> Mark:
         line=_id(m, "line"),
         purpose=_optional_id(m, "purpose"),
         note=_optional_text(m, "note", MAX_NOTE_CHARS),
+        call_id=_optional_id(m, "call_id"),
     )
 
 

@@ -43,6 +43,7 @@ def config_text(tmp: Path, **over: Any) -> str:
         "lines": [("desk-01", [1, 2])],
         "devices": [],
         "control": f"ipc://{tmp}/ctl.sock",
+        "daemon": "",  # more [daemon] keys, e.g. listen (extra cannot reopen that table)
         "extra": "",
     }
     o.update(over)
@@ -57,6 +58,7 @@ def config_text(tmp: Path, **over: Any) -> str:
 [daemon]
 state_dir = "state"
 control = "{o["control"]}"
+{o["daemon"]}
 
 [audio]
 source = "{o["source"]}"

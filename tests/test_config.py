@@ -8,6 +8,7 @@ from hindsight.config import (
     DEFAULT_CONFIG_PATH,
     AudioConfig,
     BufferConfig,
+    ClientConfig,
     DaemonConfig,
     DeviceConfig,
     LineConfig,
@@ -15,6 +16,7 @@ from hindsight.config import (
     PurposeConfig,
     RetentionConfig,
     SamplingConfig,
+    is_loopback,
     load_config,
     parse_config,
     read_control_endpoint,
@@ -903,3 +905,159 @@ def test_resolve_config_path_falls_back_to_the_default(monkeypatch: pytest.Monke
     monkeypatch.delenv("HINDSIGHT_CONFIG", raising=False)
 
     assert resolve_config_path(None) == DEFAULT_CONFIG_PATH == Path("/etc/hindsight/hindsight.toml")
+
+
+# --- daemon.listen and [[clients]] ---
+
+KEY_A = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"  # any 40 characters of Z85 that decode
+KEY_B = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+LISTEN = (
+    '[daemon]\nlisten = "tcp://0.0.0.0:7700"\ncurve_secret_key_file = "keys/server.key_secret"\n'
+)
+
+
+def client(name: str, key: str, role: str, lines: str = "") -> str:
+    return f'\n[[clients]]\nname = "{name}"\npublic_key = "{key}"\nrole = "{role}"\n{lines}'
+
+
+def test_listen_and_clients_parse(tmp_path: Path) -> None:
+    text = LISTEN + ONE_LINE + client("desk-01-pc", KEY_A, "agent", 'lines = ["desk-01"]\n')
+    config = load_config(write(tmp_path, text + client("phones", KEY_B, "telephony")))
+
+    assert config.daemon.listen == "tcp://0.0.0.0:7700"
+    assert config.daemon.curve_secret_key_file == tmp_path / "keys" / "server.key_secret"
+    assert config.daemon.control == "ipc:///run/hindsight/control.sock"
+    assert config.clients == (
+        ClientConfig("desk-01-pc", KEY_A, "agent", ("desk-01",)),
+        ClientConfig("phones", KEY_B, "telephony", ()),
+    )
+
+
+def test_without_listen_or_clients_nothing_changes(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ONE_LINE))
+
+    assert (config.daemon.listen, config.daemon.curve_secret_key_file) == (None, None)
+    assert config.clients == ()
+
+
+@pytest.mark.parametrize(
+    ("daemon", "expected"),
+    [
+        (
+            'listen = "ipc:///run/x.sock"\ncurve_secret_key_file = "k"\n',
+            "daemon.listen: must be 'tcp://ADDRESS:PORT', got 'ipc:///run/x.sock'",
+        ),
+        (
+            'listen = "tcp://"\ncurve_secret_key_file = "k"\n',
+            "daemon.listen: must be 'tcp://ADDRESS:PORT', got 'tcp://'",
+        ),
+        (
+            'listen = "tcp://*:7700"\n',
+            "daemon.curve_secret_key_file: required with daemon.listen: the key pair "
+            "'hindsight keygen --curve -o NAME' writes (NAME.key_secret)",
+        ),
+        (
+            'listen = "tcp://*:7700"\ncurve_secret_key_file = ""\n',
+            "daemon.curve_secret_key_file: must not be empty",
+        ),
+    ],
+)
+def test_listen_problems(tmp_path: Path, daemon: str, expected: str) -> None:
+    assert problems(tmp_path, "[daemon]\n" + daemon + ONE_LINE) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (
+            client("a", KEY_A[:39], "agent"),
+            "clients[0].public_key: must be a Z85 key of 40 characters, got 39 characters",
+        ),
+        (
+            client("a", KEY_A[:39] + "~", "agent"),
+            "clients[0].public_key: must be a Z85 key of 40 characters, got 40 characters",
+        ),
+        (
+            client("a", "#" * 40, "agent"),
+            "clients[0].public_key: must be a Z85 key of 40 characters (it does not decode), "
+            "got 40 characters",
+        ),
+        (
+            client("a", KEY_A, "agnet"),
+            "clients[0].role: must be one of 'telephony', 'agent', 'reviewer', 'admin', "
+            "got 'agnet' (did you mean 'agent'?)",
+        ),
+        (
+            client("a", KEY_A, "agent", 'lines = ["desk-1"]\n'),
+            "clients[0].lines: 'desk-1' is not declared under [[lines]] (did you mean 'desk-01'?)",
+        ),
+        (client("a", KEY_A, "agent", 'lines = "desk-01"\n'), "clients[0].lines: expected a list"),
+        (client(".a", KEY_A, "admin"), "clients[0].name: must be 1 to 64 of the characters"),
+        (
+            client("a", KEY_A, "admin", "roles = []\n"),
+            "clients[0].roles: unknown key (did you mean 'role'?)",
+        ),
+        ('\n[[clients]]\nname = "a"\nrole = "admin"\n', "clients[0].public_key: required"),
+        ("clients = 3\n", "clients: expected an array of tables ([[clients]]), got int 3"),
+    ],
+)
+def test_client_problems(tmp_path: Path, entry: str, expected: str) -> None:
+    text = (
+        ONE_LINE.replace("[[lines]]", entry + "\n[[lines]]", 1)
+        if entry.startswith("clients =")
+        else ONE_LINE + entry
+    )
+    found = problems(tmp_path, text)
+
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+def test_client_names_and_keys_are_unique(tmp_path: Path) -> None:
+    text = ONE_LINE + client("a", KEY_A, "admin") + client("a", KEY_B, "admin")
+    text += client("b", KEY_A, "reviewer")
+
+    assert problems(tmp_path, text) == [
+        "clients[1].name: duplicate client name 'a'",
+        "clients[2].public_key: the same key as client 'a'",
+    ]
+
+
+def test_a_client_key_is_never_echoed(tmp_path: Path) -> None:
+    # A secret key pasted by mistake has the same form: no message quotes a key.
+    secret = KEY_A[:30] + "(not-z85~"
+    [problem] = problems(tmp_path, ONE_LINE + client("a", secret, "admin"))
+
+    assert secret[:10] not in problem
+
+
+@pytest.mark.parametrize(
+    "control",
+    ["tcp://0.0.0.0:7000", "tcp://*:7000", "tcp://10.1.2.3:7000", "tcp://eth0:7000", "tcp://h:1"],
+)
+def test_a_control_socket_off_loopback_needs_a_client_key(tmp_path: Path, control: str) -> None:
+    text = f'[daemon]\ncontrol = "{control}"\n' + ONE_LINE
+    [problem] = problems(tmp_path, text)
+
+    assert problem.startswith(f"daemon.control: '{control}' is not loopback")
+    assert "daemon.listen" in problem and "[[clients]]" in problem
+    # Once a client key is configured the contract allows it (the daemon warns at start-up).
+    assert (
+        load_config(write(tmp_path, text + client("a", KEY_A, "admin"))).daemon.control == control
+    )
+
+
+@pytest.mark.parametrize(
+    "control",
+    ["tcp://127.0.0.1:7000", "tcp://127.3.2.1:7000", "tcp://localhost:7000", "tcp://[::1]:7000"],
+)
+def test_a_control_socket_on_loopback_needs_no_client(tmp_path: Path, control: str) -> None:
+    assert is_loopback(control)
+    assert (
+        load_config(write(tmp_path, f'[daemon]\ncontrol = "{control}"\n' + ONE_LINE)).clients == ()
+    )
+
+
+def test_read_control_endpoint_ignores_listen(tmp_path: Path) -> None:
+    path = write(tmp_path, LISTEN + ONE_LINE)
+
+    assert read_control_endpoint(path) == "ipc:///run/hindsight/control.sock"

@@ -192,6 +192,10 @@ def test_sighup_adds_a_line_and_changes_sampling_without_dropping_a_live_call(
         ({"lines": [("desk-02", [1, 2])]}, "lines: desk-01 has a live call"),
         ({"lines": [("desk-01", [2, 1])]}, "lines: desk-01 has a live call; change the line"),
         ({"one_in": -1}, "sampling.one_in: must be at least 0"),
+        (
+            {"extra": '[purposes.escalation]\nlegal_basis = "contract"\nretention_days = 1\n'},
+            "purposes.training: still announced to 1 unsettled call(s)",
+        ),
     ],
 )
 def test_sighup_refuses_a_config_it_cannot_apply_and_keeps_the_old_one(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hindsight import __version__, audit
-from hindsight.client import access, hotkey, simulate
+from hindsight.client import access, curve, hotkey, simulate
 from hindsight.client.options import (
     actor_of,
     connection_options,
@@ -207,7 +207,7 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    print(access.keygen(args.output))
+    print(curve.keygen_curve(args.output) if args.curve else access.keygen(args.output))
     return 0
 
 
@@ -316,11 +316,17 @@ def _add_change(add: Adder, name: str, run: Command, help: str) -> argparse.Argu
 def _add_access(add: Adder, commands: Any) -> None:
     keygen = commands.add_parser(
         "keygen",
-        help="make an age identity for opening recordings; prints its recipient",
+        help="make an age identity for opening recordings (prints its recipient), or with "
+        "--curve a CURVE key pair for daemon.listen (prints its public key)",
         description="Write a new age X25519 identity to FILE (mode 0600, never replacing a "
-        "file) and print its recipient (age1...) for the daemon's config.",
+        "file) and print its recipient (age1...) for the daemon's config. With --curve, write "
+        "a ZeroMQ CURVE key pair to FILE.key_secret (mode 0600) and FILE.key, and print the "
+        "public key: a client's goes into its [[clients]] entry, the daemon's to its clients.",
     )
     keygen.add_argument("-o", "--output", required=True, metavar="FILE", help="the new file")
+    keygen.add_argument(
+        "--curve", action="store_true", help="a CURVE key pair for daemon.listen instead"
+    )
     keygen.set_defaults(run=cmd_keygen)
     export = _add_opening(add, "export", cmd_export, "decrypt recording CALL into a FLAC file")
     export.add_argument(

@@ -8,6 +8,8 @@ import os
 import tomllib
 from pathlib import Path
 
+from hindsight.client.curve import client_keys
+from hindsight.client.transport import Endpoint
 from hindsight.config import SCHEMES, read_control_endpoint, resolve_config_path
 from hindsight.errors import ClientError, ConfigError
 from hindsight.protocol import MAX_EXTEND_DAYS
@@ -59,7 +61,8 @@ def login_name() -> str:
 
 
 def connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """--config/--endpoint/--timeout, accepted before and after the command name."""
+    """--config/--endpoint/--timeout/--server-key/--client-key, accepted before and after the
+    command name."""
 
     def default(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
@@ -73,18 +76,43 @@ def connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         default=default(DEFAULT_TIMEOUT),
         help="seconds to wait for the daemon (default 2)",
     )
+    parser.add_argument(
+        "--server-key",
+        default=default(None),
+        metavar="KEY",
+        help="the daemon's CURVE public key (Z85), for a tcp:// daemon.listen endpoint",
+    )
+    parser.add_argument(
+        "--client-key",
+        default=default(None),
+        metavar="FILE",
+        help="this client's CURVE key pair (NAME.key_secret from keygen --curve)",
+    )
 
 
-def endpoint_of(args: argparse.Namespace) -> str:
+def endpoint_of(args: argparse.Namespace) -> Endpoint:
+    """The endpoint to ask, with the CURVE keys of ``--server-key`` and ``--client-key``."""
     if args.endpoint:
         if not str(args.endpoint).startswith(SCHEMES):
             raise ClientError(f"--endpoint must start with ipc:// or tcp://: {args.endpoint}", 2)
-        return str(args.endpoint)
-    path = resolve_config_path(args.config)
-    try:
-        return read_control_endpoint(path)
-    except ConfigError as exc:
-        raise ClientError(f"cannot find the daemon's endpoint: {exc}", EXIT_USAGE) from exc
+        address = str(args.endpoint)
+    else:
+        path = resolve_config_path(args.config)
+        try:
+            address = read_control_endpoint(path)
+        except ConfigError as exc:
+            raise ClientError(f"cannot find the daemon's endpoint: {exc}", EXIT_USAGE) from exc
+    server, key_file = getattr(args, "server_key", None), getattr(args, "client_key", None)
+    if server is None and key_file is None:
+        return Endpoint(address)
+    if server is None or key_file is None:
+        raise ClientError("--server-key and --client-key go together", EXIT_USAGE)
+    if not address.startswith("tcp://"):
+        raise ClientError(
+            f"--server-key and --client-key are for a tcp:// daemon.listen endpoint, not {address}",
+            EXIT_USAGE,
+        )
+    return Endpoint(address, client_keys(str(server), str(key_file)))
 
 
 def state_dir_options(parser: argparse.ArgumentParser) -> None:

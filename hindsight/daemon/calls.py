@@ -15,12 +15,19 @@ Rules:
   never a scan of the table.
 - ``status`` copies a few scalars per line under the lock and builds its rows
   after letting go, so neither audio thread waits on the formatting.
+- A call that hangs up (``end``) lingers for ``marking.grace_seconds``: a
+  ``mark`` may still keep it, named by its id or as the line's last ended
+  call. It is no longer live (not in ``status``, fed nothing, never a dry
+  pool's victim) but holds its chunks until the keeper ``close``s it, which
+  it does only after the grace, and never while a mark on it is being logged
+  (``claim``): every mark is in the commit log before the call's outcome.
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,6 +65,9 @@ class Call:
     gaps: list[list[int]] = field(default_factory=list)  # [first frame, frames] of each gap
     paused: bool = False  # on hold, a card payment: silence instead of audio
     pauses: list[list[int]] = field(default_factory=list)  # [first frame, frames] of each
+    ended_at: float | None = None  # time.monotonic() at its end
+    grace: float = 0.0  # seconds after its end that a mark may still keep it
+    claims: int = 0  # marks on their way to the log: the keeper does not take it meanwhile
 
     @property
     def buffered(self) -> bool:
@@ -193,6 +203,9 @@ class CallTable:
         self.pool_steals = 0  # chunks taken from live calls because the pool ran dry
         self.dropped_frames = 0  # frames no chunk at all could hold
         self._slots: list[Call | None] = []
+        # Per line name, the calls that hung up and may still be marked, oldest first; each
+        # leaves when the keeper closes it, after its grace.
+        self._lingering: dict[str, list[Call]] = {}
         self._set_lines(config)
 
     def _set_lines(self, config: Config) -> None:
@@ -286,30 +299,99 @@ class CallTable:
             call.paused = paused
         return call
 
-    def end(self, line: str) -> Call:
+    def end(self, line: str, *, linger: bool = False) -> Call:
+        """The call on ``line`` ends. ``linger`` (a hang-up): for ``marking.grace_seconds`` a
+        ``mark`` may still keep it. A call ended by a shutdown, or refused at its start, never
+        lingers."""
         slot = self._slot(line)
+        ended, ended_at = utcnow(), time.monotonic()
         with self.lock:
             call = self._slots[slot]
             if call is None:
                 raise ProtocolError("no_call", f"line {line} has no live call")
             self._slots[slot] = None
             self._unrank(slot)  # an ended call's chunks are the worker's now, never a victim's
-        call.ended = utcnow()
+            call.ended, call.ended_at = ended, ended_at
+            grace = self.config.marking.grace_seconds if linger else 0.0
+            if grace > 0:
+                call.grace = grace
+                self._lingering.setdefault(call.line.name, []).append(call)
         return call
 
-    def mark(self, line: str, purpose: str, note: str | None) -> Call:
-        """Keep the whole call for ``purpose``: the record key."""
-        slot = self._slot(line)
-        with self.lock:
-            call = self._slots[slot]
-            if call is None:
-                raise ProtocolError("no_call", f"line {line} has no live call")
-            was_kept = call.kept
-            call.marks.append(MarkEvent(purpose, utcnow(), note))
-            if not was_kept:
-                self._unrank(slot)
-                self._rank(slot, call)
+    def mark(self, line: str, purpose: str, note: str | None, call_id: str | None = None) -> Call:
+        """Keep the whole call for ``purpose``: the record key (see ``claim``)."""
+        call = self.claim(line, call_id)
+        self.add_mark(call, purpose, note)
         return call
+
+    def claim(self, line: str, call_id: str | None = None) -> Call:
+        """The call a ``mark`` on ``line`` means, held until ``add_mark`` or ``unclaim``.
+
+        Without ``call_id``: the live call, else the call that ended last on the line
+        within its grace. With it: that call, live on the line or ended there within its
+        grace. Anything else is ``no_call``. The keeper does not take a claimed call, so
+        that a mark is logged before the call's outcome.
+        """
+        slot = self._slot(line)
+        now = time.monotonic()
+        with self.lock:
+            live = self._slots[slot]
+            if live is not None and call_id in (None, live.call_id):
+                call = live
+            else:
+                found = self._lingering_call(line, call_id, now)
+                if found is None:
+                    raise ProtocolError("no_call", self._no_call(line, call_id))
+                call = found
+            call.claims += 1
+        return call
+
+    def add_mark(self, call: Call, purpose: str, note: str | None) -> None:
+        """Mark a claimed call, and let go of it."""
+        mark = MarkEvent(purpose, utcnow(), note)
+        with self.lock:
+            was_kept = call.kept
+            call.marks.append(mark)
+            call.claims -= 1
+            slot = self._slot_of.get(call.line.name)
+            if not was_kept and slot is not None and self._slots[slot] is call:
+                self._unrank(slot)  # a live call moves behind every unkept one
+                self._rank(slot, call)
+
+    def unclaim(self, call: Call) -> None:
+        """Let go of a claimed call without marking it (the mark was refused, or not logged)."""
+        with self.lock:
+            call.claims -= 1
+
+    def close(self, call: Call) -> bool:
+        """The keeper takes an ended call: from now on no mark reaches it. False while a mark
+        on it is being logged; the keeper then tries again a moment later."""
+        with self.lock:
+            if call.claims:
+                return False
+            name = call.line.name
+            lingering = [c for c in self._lingering.get(name, ()) if c is not call]
+            if lingering:
+                self._lingering[name] = lingering
+            else:
+                self._lingering.pop(name, None)
+        return True
+
+    def _lingering_call(self, line: str, call_id: str | None, now: float) -> Call | None:
+        """The newest call that ended on ``line`` within its grace (with ``call_id``, if given)."""
+        for call in reversed(self._lingering.get(line, ())):
+            assert call.ended_at is not None
+            if now - call.ended_at <= call.grace and call_id in (None, call.call_id):
+                return call
+        return None
+
+    def _no_call(self, line: str, call_id: str | None) -> str:
+        grace = self.config.marking.grace_seconds
+        if call_id is not None:
+            return f"call {call_id} is not live on line {line}, nor ended there within the grace"
+        if grace > 0:
+            return f"line {line} has no live call, nor one that ended in the last {grace:g} s"
+        return f"line {line} has no live call"
 
     def end_all(self) -> list[Call]:
         return [self.end(line.name) for line in self._lines if self.live_call(line.name)]

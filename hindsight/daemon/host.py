@@ -27,6 +27,7 @@ import stat
 from pathlib import Path
 
 from hindsight.config import Config
+from hindsight.daemon.server import load_server_keys
 from hindsight.errors import ConfigError
 
 MEMINFO = Path("/proc/meminfo")
@@ -43,6 +44,7 @@ def check_host(config: Config) -> None:
     """ConfigError with every problem of the host for ``config``; cheap, allocates nothing."""
     problems = state_dir_problems(config.daemon.state_dir)
     problems += memory_problems(config.buffer.memory_mb)
+    problems += curve_key_problems(config.daemon.curve_secret_key_file)
     if problems:
         raise ConfigError(problems)
 
@@ -117,6 +119,24 @@ def _tighten(path: Path) -> None:
             mode,
             mode & ~stat.S_IRWXO,
         )
+
+
+# --- the key pair of daemon.listen ---
+
+
+def curve_key_problems(path: Path | None) -> list[str]:
+    """``daemon.curve_secret_key_file`` must be readable and hold a matching CURVE key pair.
+
+    Unlike the state folder, a file this user may not read is a problem: the daemon has to
+    read it, and ``--check-config`` is meant to run as the daemon's user (or root).
+    """
+    if path is None:
+        return []
+    try:
+        load_server_keys(path)
+    except ConfigError as error:
+        return error.problems
+    return []
 
 
 # --- memory for the chunk pool ---

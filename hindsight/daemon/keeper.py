@@ -2,15 +2,17 @@
 
 Every ended call, kept or not, takes the same path at the same moments: the
 control loop hands it to ``submit`` (a queue put, nothing more) and answers
-at once; after a random settle delay (``SETTLE_DELAY``) the keeper thread
-turns it into a job for the worker process, which writes a kept call
-(``stored``) and zeroes every call's chunks (``zeroed``) in the shared pool;
-the keeper then logs the outcome (it is the commit log's writer for
-outcomes) and gives the zeroed chunks back to the pool. The work that takes
-time, and differs between kept and wiped calls, happens in the worker at
-idle priority, so neither a reply nor the audio path waits on it, and only
-after the delay, so that it overlaps neither the reply to ``end`` nor a
-request right after it.
+at once; after the call's grace (``marking.grace_seconds``, during which a
+``mark`` may still keep it) and then a random settle delay (``SETTLE_DELAY``)
+the keeper thread closes it in the table (no mark reaches it after that),
+only then describes it, and turns it into a job for the worker process,
+which writes a kept call (``stored``) and zeroes every call's chunks
+(``zeroed``) in the shared pool; the keeper then logs the outcome (it is the
+commit log's writer for outcomes) and gives the zeroed chunks back to the
+pool. The work that takes time, and differs between kept and wiped calls,
+happens in the worker at idle priority, so neither a reply nor the audio
+path waits on it, and only after the delay, so that it overlaps neither the
+reply to ``end`` (or to a late ``mark``) nor a request right after it.
 
 - Order per call: kept: stored, ``call_committed`` logged, zeroed, chunks
   back. Not kept: zeroed, chunks back, ``call_wiped`` logged. A kept call
@@ -24,10 +26,12 @@ request right after it.
   the job it held is redone; redoing is safe because writing is idempotent
   (``store``) and every step done is remembered here. A worker that says
   nothing for ``hang_seconds`` is killed and handled the same way.
-- At shutdown the retries go on until ``finish``'s deadline; then the worker
-  is stopped, what is left is zeroed here, and each call still gets exactly
-  one outcome (``call_wiped`` with ``why: "store_failed"`` for a kept call
-  that could not be written).
+- At shutdown every waiting call is taken at once, its grace and settle
+  delay cut short (the control loop takes no more marks by then). The
+  retries go on until ``finish``'s deadline; then the worker is stopped,
+  what is left is zeroed here, and each call still gets exactly one outcome
+  (``call_wiped`` with ``why: "store_failed"`` for a kept call that could
+  not be written).
 - The daemon's own log names no call as kept or wiped (only the commit log
   does): settling is logged at debug level, failures without call ids.
 """
@@ -49,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hindsight.clock import iso, utcnow
 from hindsight.commitlog import CommitLog
 from hindsight.config import Config
 from hindsight.daemon import jobs
@@ -69,9 +74,10 @@ RESTART_FIRST = 0.5
 RESTART_MAX = 30.0
 STEADY_SECONDS = 10.0  # a worker that lived this long resets the restart backoff
 TICK = 0.25
-# Seconds between a call's end and the start of its job, drawn anew per call. The work a
-# kept call costs (its description here, FLAC in the worker) then never overlaps the reply
-# to ``end`` or a request right after it, and lands at no fixed time after either.
+# Seconds between a call's end (after its grace, when it has one) and the start of its job,
+# drawn anew per call. The work a kept call costs (its description here, FLAC in the worker)
+# then never overlaps the reply to ``end``, a late ``mark`` or a request right after either,
+# and lands at no fixed time after any of them.
 SETTLE_DELAY = (0.3, 1.2)
 
 
@@ -210,7 +216,8 @@ class _Restart:
 
 @dataclass
 class _State:
-    waiting: list[tuple[float, Call]] = field(default_factory=list)  # (due, call): settle delay
+    # (due, call): in its grace and settle delay
+    waiting: list[tuple[float, Call]] = field(default_factory=list)
     ready: deque[Work] = field(default_factory=deque)
     retries: list[Work] = field(default_factory=list)
     stopping: bool = False
@@ -234,6 +241,8 @@ class Keeper:
         self.spawn = spawn
         self.retry_first = retry_first
         self.hang_seconds = hang_seconds
+        self.failures = 0  # jobs the worker could not do, retried since (metrics)
+        self.last_error: tuple[str, str] | None = None  # (message, when) of the last failure
         self.settle_delay = settle_delay
         self._events: queue.Queue[tuple[str, int, Any]] = queue.Queue()
         self._state = _State()
@@ -274,6 +283,16 @@ class Keeper:
     def restarts(self) -> int:
         return self._restart.count
 
+    def waiting_calls(self) -> list[Call]:
+        """Ended calls not yet described (in their grace or settle delay): a reload must not
+        take away what they will be described with."""
+        return [call for _, call in list(self._state.waiting)]
+
+    def backlog(self) -> int:
+        """Jobs waiting for the worker, retries included (for the metrics' sampled snapshot)."""
+        state = self._state
+        return len(state.waiting) + len(state.ready) + len(state.retries)
+
     def state(self) -> dict[str, Any]:
         """For ``status``: the worker's pid (None while it restarts) and its restarts so far.
 
@@ -307,7 +326,9 @@ class Keeper:
         except queue.Empty:
             return
         if kind == "call":
-            self._state.waiting.append((time.monotonic() + self._settle_delay(), payload))
+            # The grace first, the same for every call, kept or not; the random delay on top.
+            due = time.monotonic() + payload.grace + self._settle_delay()
+            self._state.waiting.append((due, payload))
         elif kind == "delete":
             self._numbers += 1
             call_id, path = payload
@@ -345,15 +366,26 @@ class Keeper:
         return low + (high - low) * secrets.randbelow(1 << 30) / (1 << 30)
 
     def _take_waiting(self, now: float) -> None:
-        """Calls whose settle delay is over (every call, once stopping) become jobs."""
+        """Calls whose grace and settle delay are over (every call, once stopping) become jobs.
+
+        Each is closed in the table first, so that no mark reaches it once it is described; a
+        call a mark is being logged for is taken a tick later.
+        """
         state = self._state
-        due = [call for at, call in state.waiting if at <= now or state.stopping]
-        state.waiting = [
-            (at, call) for at, call in state.waiting if at > now and not state.stopping
-        ]
+        due: list[Call] = []
+        still: list[tuple[float, Call]] = []
+        for at, call in state.waiting:
+            if at > now and not state.stopping:
+                still.append((at, call))
+            elif self.table.close(call):
+                due.append(call)
+            else:
+                still.append((now + TICK, call))
+        state.waiting = still
         state.ready.extend(self._job(call) for call in due)
 
     def _job(self, call: Call) -> Job:
+        """Describe a closed call (its marks are final) and take its chunks for the worker."""
         self._numbers += 1
         extents = call.buffer.extents()
         chunks = self.table.detach(call)
@@ -475,6 +507,8 @@ class Keeper:
     def _failed(self, job: Work, error: str) -> None:
         # No call id: the daemon's own log must not tell which calls are kept.
         log.error("the worker's job is not done yet: %s; retry in %.0f s", error, job.delay)
+        self.failures += 1
+        self.last_error = (error, iso(utcnow()))
         self._later(job)
 
     def _later(self, job: Work) -> None:

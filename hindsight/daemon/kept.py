@@ -1,11 +1,13 @@
-"""What a kept call's recording says, all but its audio: built in the daemon when a call ends.
+"""What a kept call's recording says, all but its audio: built in the daemon after a call ends.
 
-``describe`` turns an ended call into a ``Keep``: the fields of its
-``call_committed`` (reasons, purposes, retention), what its sidecar holds beyond
-them, and who may open it (its age recipients, from the config). The worker
-gets the ``Keep`` over its channel and hands it to the ``Store``, which knows
-only how bytes land on disk. Retention at commit comes from the ledger's own
-rule (``Terms``), so that the log and the ledger can never disagree.
+``describe`` turns an ended call into a ``Keep``: the fields of its ``call_committed``
+(reasons, purposes, retention), what its sidecar holds beyond them, and who may open it
+(its age recipients, from the config). The keeper calls it only once the call's grace
+(``marking.grace_seconds``) and settle delay are over and the table has closed it, so that
+a mark after the hang-up, with its purpose and note, is in the recording. The worker gets
+the ``Keep`` over its channel and hands it to the ``Store``, which knows only how bytes land
+on disk. Retention at commit comes from the ledger's own rule (``Terms``), so that the log
+and the ledger can never disagree.
 """
 
 from __future__ import annotations

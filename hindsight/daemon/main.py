@@ -39,8 +39,9 @@ from types import FrameType
 import zmq
 
 from hindsight import __version__
+from hindsight.clock import iso, utcnow
 from hindsight.commitlog import LOG_NAME, CommitLog
-from hindsight.config import Config, load_config, resolve_config_path
+from hindsight.config import Config, is_loopback, load_config, resolve_config_path
 from hindsight.daemon import logs, systemd
 from hindsight.daemon.buffer import CHUNK_SAMPLES, Pool, chunk_count
 from hindsight.daemon.calls import CallTable
@@ -49,10 +50,11 @@ from hindsight.daemon.host import UMASK, check_host, make_state_dir
 from hindsight.daemon.keeper import Keeper, process_spawner
 from hindsight.daemon.lifecycle import Lifecycle, finish_deletions
 from hindsight.daemon.memory import PoolMemory
+from hindsight.daemon.metrics import Metrics, Snapshot
 from hindsight.daemon.pseudonym import Pseudonyms
 from hindsight.daemon.recovery import settle_open_calls
 from hindsight.daemon.reload import file_sha256, refusals
-from hindsight.daemon.server import ControlServer
+from hindsight.daemon.server import ClientKeys, ControlServer, Curve, load_server_keys
 from hindsight.daemon.service import Service
 from hindsight.daemon.sources import Source, loop_source
 from hindsight.errors import ConfigError, HindsightError
@@ -136,18 +138,22 @@ class Daemon:
         sources = build_sources(self.config)
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         server = ControlServer(context, self.config.daemon.control)
+        keys = ClientKeys(self.config.clients)  # whom daemon.listen lets in; a reload updates it
         service = Service(
             self.config, table, keeper, commit_log, lambda: _states(sources), lifecycle
         )
         flow = systemd.Flow([source.name for source in sources])
-        self._parts = _Parts(table, keeper, lifecycle, service, commit_log, sources, flow)
+        self._parts = _Parts(table, keeper, lifecycle, service, commit_log, sources, flow, keys)
         try:
+            self._parts.listener = _listener(context, self.config, keys)
             self._start(commit_log, keeper, table, sources, pool)
             self._loop(server, service, table)
             self._shutdown(server, service, keeper, sources, commit_log)
         finally:
             for source in sources:
                 source.stop()
+            if self._parts.listener is not None:
+                self._parts.listener.close()
             server.close()
             context.term()
         return 0
@@ -195,21 +201,31 @@ class Daemon:
         previous = signal.set_wakeup_fd(waker_w.fileno())
         poller = zmq.Poller()
         poller.register(server.socket, zmq.POLLIN)
+        listener = self._parts.listener
+        if listener is not None:
+            poller.register(listener.socket, zmq.POLLIN)
         poller.register(waker_r, zmq.POLLIN)
         watch = PoolWatch(table)
         purger = Purger(service.lifecycle, self.config.retention.purge_interval_seconds)
         self._parts.purger = purger
         notifier = systemd.Notifier(self._parts.flow, systemd.watchdog_interval())
+        metrics = Metrics(
+            self._snapshot, self.config.metrics.interval_seconds, self.config.metrics.textfile
+        )
+        self._parts.metrics = service.metrics = metrics
         try:
             while not self._stop_requested():
                 events = dict(poller.poll(TICK_MS))
                 if server.socket in events:
                     server.serve_pending(service.handle)
+                if listener is not None and listener.socket in events:
+                    listener.serve_pending(service.handle)
                 if waker_r.fileno() in events:
                     waker_r.recv(4096)
                 watch.check()
                 now = time.monotonic()
                 purger.check(now)
+                metrics.check(now)
                 states = _states(self._parts.sources)
                 for name in notifier.tick(now, self._status_line(), states):
                     log.error(
@@ -241,6 +257,25 @@ class Daemon:
                 log.warning("%s received: ignored (SIGTERM stops the daemon, SIGHUP reloads)", name)
         return False
 
+    def _snapshot(self) -> Snapshot:
+        parts = self._parts
+        table, keeper = parts.table, parts.keeper
+        error = keeper.last_error
+        return Snapshot(
+            taken=iso(utcnow()),
+            pool_chunks=table.pool.size,
+            pool_free=table.pool.free,
+            pool_steals=table.pool_steals,
+            dropped_frames=table.dropped_frames,
+            live_calls=len(table.live_calls()),
+            worker_restarts=keeper.restarts,
+            backlog=keeper.backlog(),
+            store_failures=keeper.failures,
+            last_store_error=None if error is None else error[0],
+            last_store_error_at=None if error is None else error[1],
+            devices=_states(parts.sources),
+        )
+
     def _status_line(self) -> str:
         parts = self._parts
         live = sum(row.call_id is not None for row in parts.table.status())
@@ -264,8 +299,8 @@ class Daemon:
         except OSError as exc:
             log.error("SIGHUP: config not reloaded, the old one stays: %s", exc)
             return
-        live = parts.table.live_calls()
-        refused = refusals(self.config, new, live, parts.lifecycle.kept_for)
+        unsettled = parts.table.live_calls() + parts.keeper.waiting_calls()
+        refused = refusals(self.config, new, unsettled, parts.lifecycle.kept_for)
         for reason in refused:
             log.error("SIGHUP: config not reloaded, the old one stays: %s", reason)
         if refused:
@@ -275,8 +310,12 @@ class Daemon:
         parts.keeper.hang_seconds = new.worker.hang_seconds
         parts.lifecycle.reconfigure(new)
         parts.service.config = new
+        parts.keys.update(new.clients)  # daemon.listen: a removed key is refused from now on
         if parts.purger is not None:
             parts.purger.interval = new.retention.purge_interval_seconds
+        if parts.metrics is not None:
+            parts.metrics.interval = new.metrics.interval_seconds
+            parts.metrics.textfile = new.metrics.textfile
         self.config = new
         try:
             parts.commit_log.append("config_reloaded", config_sha256=sha)
@@ -302,6 +341,8 @@ class Daemon:
         # not_allowed rather than a time-out.
         while not keeper.wait(TICK_MS / 1000):
             server.serve_pending(service.handle)
+            if self._parts.listener is not None:
+                self._parts.listener.serve_pending(service.handle)
         commit_log.append("daemon_stopped", version=__version__)
         log.info("hindsightd stopped")
 
@@ -317,7 +358,34 @@ class _Parts:
     commit_log: CommitLog
     sources: list[Source]
     flow: systemd.Flow
+    keys: ClientKeys
     purger: Purger | None = None
+    metrics: Metrics | None = None
+    listener: ControlServer | None = None
+
+
+def _listener(
+    context: zmq.Context[zmq.Socket[bytes]], config: Config, keys: ClientKeys
+) -> ControlServer | None:
+    """The CURVE server on ``daemon.listen`` for ``[[clients]]``; None without ``listen``."""
+    if config.daemon.control.startswith("tcp://") and not is_loopback(config.daemon.control):
+        # Allowed once a client key is configured, but still without authentication.
+        log.warning(
+            "daemon.control %s is not loopback and has no authentication: anyone who can "
+            "reach it can keep or end every call; give remote clients daemon.listen instead",
+            config.daemon.control,
+        )
+    if config.daemon.listen is None or config.daemon.curve_secret_key_file is None:
+        return None
+    public, secret = load_server_keys(config.daemon.curve_secret_key_file)
+    server = ControlServer(context, config.daemon.listen, Curve(public, secret, keys))
+    log.info(
+        "remote clients: CURVE at %s, %d client key(s), server key %s",
+        config.daemon.listen,
+        len(config.clients),
+        public.decode("ascii"),
+    )
+    return server
 
 
 class Purger:

@@ -37,17 +37,20 @@ def file_sha256(path: Path | None) -> str | None:
 
 
 def refusals(
-    old: Config, new: Config, live: Iterable[Call], kept_for: Callable[[str], int]
+    old: Config, new: Config, unsettled: Iterable[Call], kept_for: Callable[[str], int]
 ) -> list[str]:
-    """Why ``new`` cannot replace ``old`` now; empty when it can. ``kept_for(purpose)``: how
-    many recordings are kept for that purpose now."""
+    """Why ``new`` cannot replace ``old`` now; empty when it can. ``unsettled``: the live calls
+    and the ended ones not yet described; ``kept_for(purpose)``: how many recordings are kept
+    for that purpose now."""
     found = [
         f"[{section}] changed: it takes a restart (systemctl restart hindsightd)"
         for section in RESTART_SECTIONS
         if getattr(old, section) != getattr(new, section)
     ]
-    calls = list(live)
+    calls = list(unsettled)
     for call in calls:
+        if call.ended is not None:
+            continue  # ended: its line may change; what it is kept for may not
         name = call.line.name
         if new.line(name) is None:
             found.append(f"lines: {name} has a live call; remove the line when it is idle")
@@ -61,7 +64,7 @@ def refusals(
         kept = kept_for(purpose.name)
         if users or kept:
             found.append(
-                f"purposes.{purpose.name}: still announced to {users} live call(s) and serving "
-                f"{kept} recording(s); keep it declared"
+                f"purposes.{purpose.name}: still announced to {users} unsettled call(s) and "
+                f"serving {kept} recording(s); keep it declared"
             )
     return found

@@ -38,6 +38,16 @@ Rules:
   over all its clients at most every SWEEP_EVERY seconds, not per request.
 - A refused reply is logged once per client, not once per reply; whom the
   server has warned is remembered for the last WARNED_MEMORY clients only.
+- ``daemon.listen`` is a second server of this class, always CURVE: ZAP (pyzmq's
+  ThreadAuthenticator, asking ``ClientKeys``) lets in only the public keys of
+  ``[[clients]]``, so an unknown key or a plaintext client never completes its
+  handshake and gets no reply at all. The socket enforces the ZAP domain: were
+  the authenticator missing, every handshake would fail rather than pass. Each
+  request's ZAP user id (its ``User-Id``, the client's Z85 public key) goes to
+  the handler, which checks the client's rights (``rights``); a key that a
+  reload removed is dropped here, unanswered, even on a connection made before.
+  Requests on ``daemon.control`` have no user id (None): that socket is the
+  administrator's, and its file mode decides who that is.
 """
 
 from __future__ import annotations
@@ -47,20 +57,24 @@ import os
 import stat
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
-from hindsight.errors import HindsightError
+from hindsight.config import ClientConfig, z85_key_problem
+from hindsight.errors import ConfigError, HindsightError
 from hindsight.protocol import error_reply
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes], bytes]
+# (payload, ZAP user id or None on the local control socket) -> the reply
+Handler = Callable[[bytes, str | None], bytes]
 # Larger messages are dropped by ZeroMQ itself (the peer is disconnected);
 # up to here the daemon still reads them and answers bad_request.
 HARD_LIMIT = 16 * 1024 * 1024
@@ -80,6 +94,9 @@ TRACKER_OVERHEAD = 2048
 SEND_HWM = PER_CLIENT // REPLY_OVERHEAD
 WARNED_MEMORY = 256
 PROBE_TIMEOUT_MS = 2000  # a busy daemon still answers a ping well within this
+ZAP_DOMAIN = "hindsight"
+REFUSED_WARN_EVERY = 60.0  # seconds: unknown keys are logged at most this often
+KEY_FILE = "daemon.curve_secret_key_file"
 
 
 class Tracker(Protocol):
@@ -178,8 +195,84 @@ class RecentSet:
         return True
 
 
+class ClientKeys:
+    """The CURVE public keys of ``[[clients]]``: ZAP asks it at every handshake on
+    ``daemon.listen`` (in the authenticator's thread), the server at every request."""
+
+    def __init__(self, clients: Iterable[ClientConfig]) -> None:
+        self._names: dict[str, str] = {}
+        self._refused = 0
+        self._next_warning = 0.0
+        self.update(clients)
+
+    def update(self, clients: Iterable[ClientConfig]) -> None:
+        """Take the clients of a new config; from now on only their keys are let in."""
+        self._names = {client.public_key: client.name for client in clients}  # one rebinding
+
+    def admits(self, user_id: str) -> bool:
+        return user_id in self._names
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's credentials provider: whether the Z85 public ``key`` may finish its
+        handshake. Refusals are logged at most every REFUSED_WARN_EVERY seconds."""
+        text = key.decode("ascii", "replace")
+        if self.admits(text):
+            return True
+        self._refused += 1
+        now = time.monotonic()
+        if now >= self._next_warning:
+            log.warning(
+                "daemon.listen: refused %d handshake(s) with a key that is no [[clients]] "
+                "entry's (the last: %s)",
+                self._refused,
+                text,
+            )
+            self._refused, self._next_warning = 0, now + REFUSED_WARN_EVERY
+        return False
+
+
+@dataclass(frozen=True)
+class Curve:
+    """What makes a server CURVE: its key pair, and the client keys ZAP lets in."""
+
+    public: bytes
+    secret: bytes
+    keys: ClientKeys
+
+
+def load_server_keys(path: Path) -> tuple[bytes, bytes]:
+    """The (public, secret) Z85 key pair in the ZeroMQ certificate at ``path``, as
+    ``hindsight keygen --curve`` writes it; ConfigError naming ``KEY_FILE`` when it is not."""
+
+    def problem(message: str) -> ConfigError:
+        return ConfigError([f"{KEY_FILE}: {path} {message}"])
+
+    try:
+        path.read_bytes()  # for the reason when it cannot be read
+        public, secret = zmq.auth.load_certificate(path)
+    except OSError as exc:
+        raise problem(f"cannot be read: {exc.strerror or exc}") from None
+    except ValueError:
+        raise problem("is not a ZeroMQ certificate (no public-key line)") from None
+    if secret is None:
+        raise problem("holds no secret key: give NAME.key_secret, not the public NAME.key")
+    for key in (public, secret):
+        if z85_key_problem(key.decode("ascii", "replace")) is not None:
+            raise problem("holds a malformed key: it is not a CURVE certificate")
+    if zmq.curve_public(secret) != public:
+        raise problem("holds a public key that does not belong to its secret key")
+    return public, secret
+
+
 class ControlServer:
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        curve: Curve | None = None,
+    ) -> None:
+        """A server on ``endpoint``; with ``curve``, a CURVE server that lets in only the
+        keys of ``curve.keys`` (``daemon.listen``)."""
         self.endpoint = endpoint
         self._path = ipc_path(endpoint)
         if self._path is not None:
@@ -191,25 +284,60 @@ class ControlServer:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._ledger = ReplyLedger()
         self._warned = RecentSet(WARNED_MEMORY)
+        self._ignored = RecentSet(WARNED_MEMORY)
+        self.keys = curve.keys if curve is not None else None
+        self._auth: ThreadAuthenticator | None = None
         try:
+            if curve is not None:
+                self._auth = _curve_server(context, self.socket, curve)
             with _socket_umask(self._path):
                 self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
+            self._close_auth()
             self.socket.close()
             raise HindsightError(f"cannot bind control socket {endpoint}: {exc}") from exc
         self._inode = os.stat(self._path).st_ino if self._path is not None else None
+
+    def admit(self, clients: Iterable[ClientConfig]) -> None:
+        """A reload: only the keys of ``clients`` get in from now on (on a CURVE server)."""
+        if self.keys is not None:
+            self.keys.update(clients)
 
     def serve_pending(self, handle: Handler) -> None:
         """Answer up to ``BATCH`` requests waiting on the socket, without blocking."""
         self._ledger.sweep(time.monotonic())
         for _ in range(BATCH):
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                if self.keys is None:
+                    frames, client = self.socket.recv_multipart(zmq.NOBLOCK), None
+                else:
+                    frames, client = self._receive_authenticated()
             except zmq.Again:
                 return
-            self._answer(frames, handle)
+            if self.keys is not None and not self.keys.admits(client or ""):
+                self._ignore(client or "")
+                continue
+            self._answer(frames, handle, client)
 
-    def _answer(self, frames: list[bytes], handle: Handler) -> None:
+    def _receive_authenticated(self) -> tuple[list[bytes], str]:
+        """One message and the user id ZAP gave its connection (the client's public key)."""
+        parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        try:
+            user_id = str(parts[-1].get("User-Id"))
+        except zmq.ZMQError:
+            user_id = ""
+        return [part.bytes for part in parts], user_id
+
+    def _ignore(self, user_id: str) -> None:
+        """A request on a connection whose key is no client's any more: no reply at all."""
+        if self._ignored.add(user_id.encode("ascii", "replace")):
+            log.warning(
+                "daemon.listen: ignoring requests from key %s: no [[clients]] entry has it "
+                "(removed by a reload?)",
+                user_id or "(none)",
+            )
+
+    def _answer(self, frames: list[bytes], handle: Handler, client: str | None) -> None:
         identity, rest = frames[0], frames[1:]
         envelope = [identity]
         if len(rest) > 1 and rest[0] == b"":
@@ -218,7 +346,7 @@ class ControlServer:
         if len(rest) != 1:
             reply = error_reply("bad_request", "a request is exactly one frame of JSON")
         else:
-            reply = _safely(handle, rest[0])
+            reply = _safely(handle, rest[0], client)
         self._send(envelope, reply)
 
     def _send(self, envelope: list[bytes], reply: bytes) -> None:
@@ -251,6 +379,7 @@ class ControlServer:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+        self._close_auth()
         if self._path is None:
             return
         try:
@@ -259,10 +388,31 @@ class ControlServer:
         except FileNotFoundError:
             pass
 
+    def _close_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
-def _safely(handle: Handler, payload: bytes) -> bytes:
+
+def _curve_server(
+    context: zmq.Context[zmq.Socket[bytes]], socket: zmq.Socket[bytes], curve: Curve
+) -> ThreadAuthenticator:
+    """Make ``socket`` a CURVE server whose handshakes ZAP decides; start the authenticator."""
+    socket.setsockopt(zmq.CURVE_SERVER, 1)
+    socket.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+    socket.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+    socket.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+    # Without a ZAP handler libzmq would let every CURVE client in: refuse instead.
+    socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+    auth = ThreadAuthenticator(context, log=logging.getLogger(f"{__name__}.zap"))
+    auth.start()
+    auth.configure_curve_callback(ZAP_DOMAIN, curve.keys)
+    return auth
+
+
+def _safely(handle: Handler, payload: bytes, client: str | None) -> bytes:
     try:
-        return handle(payload)
+        return handle(payload, client)
     except Exception:
         log.exception("request handler failed")
         return error_reply("internal", "internal error; see the daemon's log")

@@ -1,8 +1,9 @@
 """Request handling: one table of ops, each turning a parsed request into a reply.
 
-Every op goes through ``Service.handle``, the single place where a later role
-check will sit. Handlers touch the call table and the commit log only; no
-handler waits on audio, encoding or the disk beyond one log append.
+Every op goes through ``Service.handle``; its rights are checked there, in one
+call into ``rights``, before it runs. Handlers touch the call table and the
+commit log only; no handler waits on audio, encoding or the disk beyond one log
+append.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any, Protocol
 from hindsight import __version__
 from hindsight.commitlog import CommitLog
 from hindsight.config import Config
+from hindsight.daemon import rights
 from hindsight.daemon.calls import Call, CallTable
 from hindsight.daemon.lifecycle import Lifecycle
+from hindsight.daemon.metrics import Metrics
 from hindsight.errors import HindsightError, ProtocolError
 from hindsight.protocol import (
     Access,
@@ -66,6 +69,7 @@ class Service:
         self.keeper = keeper
         self.log = commit_log
         self.device_states = device_states
+        self.metrics: Metrics | None = None  # set by the daemon's main loop
         self.accepting = True
         self._ops: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
             Ping: self._ping,
@@ -85,20 +89,22 @@ class Service:
             Access: self._access,
         }
 
-    def handle(self, frame: bytes) -> bytes:
+    def handle(self, frame: bytes, client: str | None = None) -> bytes:
+        """The reply to ``frame``; ``client``: the ZAP user id of a ``listen`` client, None
+        on the local control socket."""
         try:
             request = parse_request(frame)
-            return ok_reply(**self._dispatch(request))
+            return ok_reply(**self._dispatch(request, client))
         except ProtocolError as exc:
             return error_reply(exc.code, exc.message)
         except HindsightError as exc:
             log.error("request failed: %s", exc)
             return error_reply("internal", str(exc))
 
-    def _dispatch(self, request: Request) -> dict[str, Any]:
+    def _dispatch(self, request: Request, client: str | None) -> dict[str, Any]:
         if not self.accepting and not isinstance(request, Ping | Status):
             raise ProtocolError("not_allowed", "the daemon is shutting down")
-        return self._ops[type(request)](request)
+        return rights.run(self.config, self.log, client, request, self._ops[type(request)])
 
     def _ping(self, request: Ping) -> dict[str, Any]:
         return {"version": __version__}
@@ -130,33 +136,45 @@ class Service:
         return {"call_id": call.call_id}
 
     def _end(self, request: End) -> dict[str, Any]:
-        call = self.table.end(request.line)
+        # Every call lingers alike, kept or not: a mark may still keep it for
+        # marking.grace_seconds, and its wipe or commit waits as long (the keeper).
+        call = self.table.end(request.line, linger=True)
         self.keeper.submit(call)
         log.info("call %s ended on %s", call.call_id, call.line.name)
         return {"call_id": call.call_id}
 
     def _mark(self, request: Mark) -> dict[str, Any]:
         purpose = self._declared(request.purpose or self.config.marking.purpose)
-        call = self.table.live_call(request.line)
-        if call is None:
-            raise ProtocolError("no_call", f"line {request.line} has no live call")
-        if purpose not in call.announced:
-            self.log.append(
-                "mark_refused", call_id=call.call_id, line=call.line.name, purpose=purpose
-            )
-            log.info("call %s: mark for %s refused, not announced", call.call_id, purpose)
-            raise ProtocolError(
-                "not_allowed",
-                f"the caller was not told of purpose {purpose}: it cannot be kept for it",
-            )
-        # Logged before it takes effect: a mark the log does not hold never keeps a call.
-        if purpose not in call.mark_purposes:
-            # Not in the daemon's own log: a mark keeps the call, and the journal never says
-            # which calls were kept (the commit log does, for the auditor).
-            self.log.append(
-                "call_marked", call_id=call.call_id, line=call.line.name, purpose=purpose
-            )
-        self.table.mark(request.line, purpose, request.note)
+        # The live call, or one that hung up within marking.grace_seconds. Claimed: the keeper
+        # does not take it until the mark is in the log, so the log shows it before the outcome.
+        call = self.table.claim(request.line, request.call_id)
+        try:
+            if purpose not in call.announced:
+                self.log.append(
+                    "mark_refused", call_id=call.call_id, line=call.line.name, purpose=purpose
+                )
+                # The journal names no call on a mark, refused or not.
+                log.info("a mark for %s on %s refused: not announced", purpose, call.line.name)
+                raise ProtocolError(
+                    "not_allowed",
+                    f"the caller was not told of purpose {purpose}: it cannot be kept for it",
+                )
+            # Logged before it takes effect: a mark the log does not hold never keeps a call.
+            if purpose not in call.mark_purposes:
+                # Not in the daemon's own log: a mark keeps the call, and the journal never
+                # says which calls were kept (the commit log does, for the auditor).
+                late = {"after_end": True} if call.ended is not None else {}
+                self.log.append(
+                    "call_marked",
+                    call_id=call.call_id,
+                    line=call.line.name,
+                    purpose=purpose,
+                    **late,
+                )
+        except BaseException:
+            self.table.unclaim(call)
+            raise
+        self.table.add_mark(call, purpose, request.note)
         return {"call_id": call.call_id}
 
     def _pause(self, request: Pause) -> dict[str, Any]:
@@ -233,6 +251,7 @@ class Service:
             "devices": devices,
             "worker": self.keeper.state(),
             "encryption": encryption,
+            "metrics": None if self.metrics is None else self.metrics.snapshot.to_json(),
         }
 
     def end_all(self) -> None:
