@@ -1,9 +1,12 @@
 """The demo behind ``./run demo``: a daemon on config/demo.toml and a simulated call floor.
 
-It starts ``hindsightd`` on a synthetic signal (no sound card), drives 40
-calls over 4 desks with ``hindsight simulate`` (the record key pressed on a
-few), keeps one more call for the ``demo`` purpose, whose retention ends
-seconds after the call, and waits for the daemon's own purge to delete it;
+It makes a reviewer's age identity (``hindsight keygen``) and runs
+``hindsightd`` on config/demo.toml with that reviewer as the recipient of every
+recording, on a synthetic signal (no sound card). It drives 40 calls over 4
+desks with ``hindsight simulate`` (the record key pressed on a few), keeps one
+more call for the ``demo`` purpose, whose retention ends seconds after the
+call, and waits for the daemon's own purge to delete it; it exports one
+recording for the reviewer (``hindsight export``, an access the log records);
 then it stops the daemon with SIGTERM, checks the log with ``hindsight audit
 verify`` and prints the audit report and where the recordings are.
 """
@@ -11,6 +14,7 @@ verify`` and prints the audit report and where the recordings are.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import subprocess
@@ -19,9 +23,44 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "config" / "demo.toml"
 STATE = ROOT / "demo-state"
+CONFIG = STATE / "hindsight.toml"  # config/demo.toml, made to encrypt to the demo reviewer
+REVIEWER = STATE / "reviewer.key"
 BIN = Path(sys.executable).parent
+
+
+def write_config() -> None:
+    """config/demo.toml, with paths for a file inside demo-state/ and the reviewer's key as
+    the recipient of every recording."""
+    made = subprocess.run(
+        [str(BIN / "hindsight"), "keygen", "-o", str(REVIEWER)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    recipient = made.stdout.strip()
+    text = (ROOT / "config" / "demo.toml").read_text(encoding="utf-8")
+    text = text.replace('state_dir = "../demo-state"', 'state_dir = "."')
+    text = text.replace('"ipc://../demo-state/control.sock"', '"ipc://control.sock"')
+    text += f'\n[storage]\nrecipients = ["{recipient}"]  # the demo reviewer\n'
+    CONFIG.write_text(text, encoding="utf-8")
+    print(f"demo: reviewer identity in {REVIEWER}; recordings are encrypted to {recipient}")
+
+
+def export_one() -> bool:
+    """Open one recording as the reviewer would: the access is logged first."""
+    listed = json.loads(client("recordings", "--purpose", "escalation", "--json"))
+    ids = [recording["call_id"] for recording in listed]
+    if not ids:
+        print("demo: no escalation recording to export")
+        return True
+    out = STATE / "exported.flac"
+    code = hindsight(
+        "--config", str(CONFIG), "export", ids[0], "--identity", str(REVIEWER),
+        "-o", str(out), "--reason", "demo review",
+    )  # fmt: skip
+    print(f"demo: {ids[0]} exported for the reviewer to {out.relative_to(ROOT)} (exit {code})")
+    return code == 0
 
 
 def hindsight(*args: str) -> int:
@@ -72,7 +111,8 @@ def main() -> int:
     if STATE.exists():
         print(f"demo: clearing the previous demo's {STATE}")
         shutil.rmtree(STATE)
-    STATE.mkdir()
+    STATE.mkdir(mode=0o750)
+    write_config()
     daemon_log = STATE / "hindsightd.log"
     print(f"demo: starting hindsightd on config/demo.toml (synthetic audio), log in {daemon_log}")
     with open(daemon_log, "wb") as log:
@@ -85,6 +125,7 @@ def main() -> int:
             "--config", str(CONFIG), "simulate", "--calls", args.calls, "--lines", args.lines
         )
         purged = show_a_purge()
+        exported = export_one()
     finally:
         daemon.send_signal(signal.SIGTERM)
         stopped = daemon.wait(60)
@@ -92,12 +133,15 @@ def main() -> int:
     verified = hindsight("audit", "verify", "--state-dir", str(STATE))
     print()
     hindsight("audit", "report", "--state-dir", str(STATE))
-    recordings = sorted((STATE / "recordings").rglob("*.flac"))
-    print(f"\ndemo: {len(recordings)} recordings under {STATE / 'recordings'}")
+    recordings = sorted((STATE / "recordings").rglob("*.flac.age"))
+    print(f"\ndemo: {len(recordings)} encrypted recordings under {STATE / 'recordings'}")
     for path in recordings[:5]:
-        print(f"  {path.relative_to(ROOT)}  (+ {path.with_suffix('.json').name})")
+        sidecar = path.name.removesuffix(".flac.age") + ".json"
+        print(f"  {path.relative_to(ROOT)}  (+ {sidecar})")
+    print(f"demo: open one with: age -d -i {REVIEWER.relative_to(ROOT)} FILE > call.flac")
     print(f"demo: commit log at {STATE / 'commit.log'}")
-    return 0 if floor == 0 and purged and stopped == 0 and verified == 0 else 1
+    ok = floor == 0 and purged and exported and stopped == 0 and verified == 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
