@@ -1,4 +1,4 @@
-"""The control protocol: request parsing and validation, reply encoding. No I/O.
+"""The control protocol, both sides: requests and replies, encoded and parsed. No I/O.
 
 One request is one frame of UTF-8 JSON holding an object with an ``op``. Every
 request, however malformed, maps to exactly one reply: either a parsed
@@ -10,17 +10,25 @@ null counts as absent. Every id (line, call_id, agent, purpose) is
 recording's file, and must never name a hidden one, ``.`` or ``..``. Free text
 (caller, note, actor, reason) is printable: no line breaks that could forge a
 line in a log. Lists become tuples, so that every request is immutable.
+
+Both sides use this module: the daemon parses with ``parse_request`` and answers with
+``ok_reply`` or ``error_reply``; a client builds a request dataclass, sends its
+``encode_request`` and reads the answer with ``parse_reply``. ``_PARSERS`` is the one table of
+op names and request types, ``EXIT_CODES`` the one of error codes and the client's exit
+codes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from hindsight.config import ID_PATTERN
-from hindsight.errors import ProtocolError
+from hindsight.errors import ClientError, ProtocolError
 
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_NOTE_CHARS = 2000
@@ -29,19 +37,28 @@ MAX_ANNOUNCED = 32
 MAX_ACTOR_CHARS = 200
 MAX_REASON_CHARS = 200
 MAX_EXTEND_DAYS = 36500
-ERROR_CODES = frozenset(
+# The client's exit codes (the contract): 0 ok, 1 the daemon refused, 2 usage error,
+# 3 daemon unreachable within the timeout.
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+# Each error code a refusal may carry, and the exit code a client gives for it: the one
+# table of both (ERROR_CODES is its keys).
+EXIT_CODES: Mapping[str, int] = MappingProxyType(
     {
-        "bad_request",
-        "unknown_op",
-        "unknown_line",
-        "unknown_purpose",
-        "unknown_call",
-        "no_call",
-        "call_active",
-        "not_allowed",
-        "internal",
+        "bad_request": EXIT_REFUSED,
+        "unknown_op": EXIT_REFUSED,
+        "unknown_line": EXIT_REFUSED,
+        "unknown_purpose": EXIT_REFUSED,
+        "unknown_call": EXIT_REFUSED,
+        "no_call": EXIT_REFUSED,
+        "call_active": EXIT_REFUSED,
+        "not_allowed": EXIT_REFUSED,
+        "internal": EXIT_REFUSED,
     }
 )
+ERROR_CODES = frozenset(EXIT_CODES)
 
 
 @dataclass(frozen=True)
@@ -181,10 +198,10 @@ def parse_request(frame: bytes) -> Request:
     op = message.get("op")
     if not isinstance(op, str):
         raise ProtocolError("bad_request", "field 'op' must be a string")
-    parser = _PARSERS.get(op)
-    if parser is None:
+    entry = _PARSERS.get(op)
+    if entry is None:
         raise ProtocolError("unknown_op", f"unknown op {_short(op)}")
-    return parser(message)
+    return entry[1](message)
 
 
 def _parse_start(m: Mapping[str, Any]) -> Start:
@@ -229,23 +246,50 @@ def _signature(m: Mapping[str, Any]) -> tuple[str, str]:
     return _text(m, "actor", MAX_ACTOR_CHARS), _text(m, "reason", MAX_REASON_CHARS)
 
 
-_PARSERS: dict[str, Callable[[Mapping[str, Any]], Request]] = {
-    "ping": lambda m: Ping(),
-    "start": _parse_start,
-    "end": lambda m: End(line=_id(m, "line")),
-    "mark": _parse_mark,
-    "status": lambda m: Status(),
-    "pause": lambda m: Pause(line=_id(m, "line")),
-    "resume": lambda m: Resume(line=_id(m, "line")),
-    "recordings": _parse_recordings,
-    "resolve": _parse_resolve,
-    "extend": _parse_extend,
-    "hold": lambda m: Hold(_id(m, "call_id"), *_signature(m)),
-    "release": lambda m: Release(_id(m, "call_id"), *_signature(m)),
-    "erase": lambda m: Erase(_id(m, "call_id"), *_signature(m)),
-    "purge": lambda m: Purge(dry_run=_optional_bool(m, "dry_run")),
-    "access": lambda m: Access(_id(m, "call_id"), *_signature(m)),
+# The one table of the ops: each op's name, its request type, and the parser of its fields.
+# A request type's fields are named as the request's JSON fields, so that encode_request
+# needs nothing more than this.
+_PARSERS: Mapping[str, tuple[type[Request], Callable[[Mapping[str, Any]], Request]]] = {
+    "ping": (Ping, lambda m: Ping()),
+    "start": (Start, _parse_start),
+    "end": (End, lambda m: End(line=_id(m, "line"))),
+    "mark": (Mark, _parse_mark),
+    "status": (Status, lambda m: Status()),
+    "pause": (Pause, lambda m: Pause(line=_id(m, "line"))),
+    "resume": (Resume, lambda m: Resume(line=_id(m, "line"))),
+    "recordings": (Recordings, _parse_recordings),
+    "resolve": (Resolve, _parse_resolve),
+    "extend": (Extend, _parse_extend),
+    "hold": (Hold, lambda m: Hold(_id(m, "call_id"), *_signature(m))),
+    "release": (Release, lambda m: Release(_id(m, "call_id"), *_signature(m))),
+    "erase": (Erase, lambda m: Erase(_id(m, "call_id"), *_signature(m))),
+    "purge": (Purge, lambda m: Purge(dry_run=_optional_bool(m, "dry_run"))),
+    "access": (Access, lambda m: Access(_id(m, "call_id"), *_signature(m))),
 }
+OP_NAMES: Mapping[type[Request], str] = MappingProxyType(
+    {kind: op for op, (kind, _) in _PARSERS.items()}
+)
+
+
+def op_name(request: Request) -> str:
+    """The protocol's name of ``request``'s op (``Ping()``: ``ping``)."""
+    return OP_NAMES[type(request)]
+
+
+def request_fields(request: Request) -> dict[str, Any]:
+    """``request`` as the JSON object ``parse_request`` reads back into it: its ``op``, then
+    its fields in their order, those that are None left out, tuples as lists."""
+    fields: dict[str, Any] = {"op": op_name(request)}
+    for field in dataclasses.fields(request):
+        value = getattr(request, field.name)
+        if value is not None:
+            fields[field.name] = list(value) if isinstance(value, tuple) else value
+    return fields
+
+
+def encode_request(request: Request) -> bytes:
+    """The frame a client sends for ``request``; ``parse_request`` of it is ``request``."""
+    return json.dumps(request_fields(request)).encode("utf-8")
 
 
 def _required(m: Mapping[str, Any], key: str) -> Any:
@@ -344,3 +388,65 @@ def error_reply(code: str, message: str) -> bytes:
 
 def _encode(reply: Mapping[str, Any]) -> bytes:
     return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# --- the client's side of a reply ---
+
+
+class ReplyError(ClientError):
+    """The daemon's reply breaks the contract: not JSON, not an object, a missing field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_REFUSED)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A reply ``{"ok": false, "error": {"code": C, "message": M}}``. A code this client does
+    not know (a newer daemon's) is still a refusal: exit 1."""
+
+    code: str
+    message: str
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.code, EXIT_REFUSED)
+
+
+def parse_reply(frame: bytes) -> dict[str, Any] | Refusal:
+    """The fields of an ok reply (``ok`` among them), or its ``Refusal``.
+
+    ``ReplyError`` for anything the contract does not allow: not UTF-8 JSON, not an object,
+    ``ok`` not true or false, a refusal without an error object of a code (text) and a text
+    message.
+    """
+    try:
+        reply = json.loads(frame.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ReplyError("the reply is not UTF-8 JSON") from None
+    if not isinstance(reply, dict):
+        raise ReplyError("the reply is not a JSON object")
+    ok = reply.get("ok")
+    if ok is True:
+        return reply
+    if ok is not False:
+        raise ReplyError("the reply's 'ok' is not true or false")
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        raise ReplyError("the refusal has no 'error' object")
+    code, message = error.get("code"), error.get("message")
+    if not isinstance(code, str) or not code:
+        raise ReplyError(f"the refusal's code {_short(code)} is not text")
+    if not isinstance(message, str):
+        raise ReplyError("the refusal's 'message' is not text")
+    return Refusal(code, message)
+
+
+def reply_field(reply: Mapping[str, Any], key: str, kind: type | tuple[type, ...] = object) -> Any:
+    """``reply[key]``, which must be there (not null) and a ``kind``; ``ReplyError`` else."""
+    value = reply.get(key)
+    if value is None:
+        raise ReplyError(f"the daemon's reply lacks '{key}'")
+    if not isinstance(value, kind):
+        raise ReplyError(f"the daemon's reply has a malformed '{key}'")
+    return value

@@ -1,18 +1,30 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import typing
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hindsight.errors import ProtocolError
+from hindsight.errors import ClientError, ProtocolError
 from hindsight.protocol import (
     ERROR_CODES,
+    EXIT_CODES,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
     MAX_ACTOR_CHARS,
     MAX_ANNOUNCED,
     MAX_CALLER_CHARS,
     MAX_EXTEND_DAYS,
+    MAX_NOTE_CHARS,
     MAX_REASON_CHARS,
     MAX_REQUEST_BYTES,
+    OP_NAMES,
     Access,
     End,
     Erase,
@@ -23,15 +35,22 @@ from hindsight.protocol import (
     Ping,
     Purge,
     Recordings,
+    Refusal,
     Release,
+    ReplyError,
     Request,
     Resolve,
     Resume,
     Start,
     Status,
+    encode_request,
     error_reply,
     ok_reply,
+    op_name,
+    parse_reply,
     parse_request,
+    reply_field,
+    request_fields,
 )
 
 
@@ -306,3 +325,182 @@ def test_unknown_call_is_an_error_code() -> None:
         "ok": False,
         "error": {"code": "unknown_call", "message": "no recording c1"},
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# both sides: encode_request and parse_request, parse_reply, the exit codes
+
+ALL_TYPES: tuple[type[Any], ...] = typing.get_args(Request)
+IDS = ["d1", "desk-01", "_x", "A.b-c_9", "20261129T055421Z-65d6bc9e", "a" * 64]
+TEXTS = ["ann", " a b ", "é☎ unicode", 'quote " and \\ backslash']
+# Representative values of each request field, by its name: limits, unicode, empty lists.
+VALUES: dict[str, list[Any]] = {
+    "line": IDS,
+    "call_id": IDS,
+    "agent": IDS,
+    "purpose": IDS,
+    "caller": ["+31 20 555", "", "1" * MAX_CALLER_CHARS, "é☎"],
+    "announced": [
+        (),
+        ("training",),
+        ("training", "escalation"),
+        tuple(IDS),
+        tuple(f"p{i}" for i in range(MAX_ANNOUNCED)),
+    ],
+    "note": ["", "customer asked for a callback", "x" * MAX_NOTE_CHARS, 'é☎ "quoted"'],
+    "actor": [*TEXTS, "é" * MAX_ACTOR_CHARS],
+    "reason": [*TEXTS, "r" * MAX_REASON_CHARS],
+    "days": [1.0, 0.5, 1e-3, 30.0, float(MAX_EXTEND_DAYS)],
+    "dry_run": [True, False],
+}
+
+
+def examples(kind: type[Any]) -> list[Request]:
+    """Requests of ``kind``: the smallest, then each field through each of its values (an
+    optional one also None, the others at their first value), then every field set."""
+    fields = dataclasses.fields(kind)
+    first = {f.name: VALUES[f.name][0] for f in fields}
+    required = {f.name: first[f.name] for f in fields if f.default is dataclasses.MISSING}
+    found: list[Request] = [kind(**required), kind(**first)]
+    for f in fields:
+        others = required if f.default is not dataclasses.MISSING else first
+        for value in [*VALUES[f.name], *([f.default] if f.default is None else [])]:
+            found.append(kind(**{**others, f.name: value}))
+    return found
+
+
+EXAMPLES = [(kind.__name__, r) for kind in ALL_TYPES for r in examples(kind)]
+
+
+def test_every_request_field_has_representative_values() -> None:
+    names = {f.name for kind in ALL_TYPES for f in dataclasses.fields(kind)}
+    assert names == set(VALUES)
+
+
+@pytest.mark.parametrize(
+    ("kind", "asked"), EXAMPLES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(EXAMPLES)]
+)
+def test_every_request_round_trips(kind: str, asked: Request) -> None:
+    frame = encode_request(asked)
+    assert parse_request(frame) == asked
+    sent = json.loads(frame)
+    # Never a field the parser does not read, nor a null: only the op and the fields given.
+    assert sent["op"] == op_name(asked)
+    given = {f.name for f in dataclasses.fields(asked) if getattr(asked, f.name) is not None}
+    assert set(sent) == {"op"} | given
+    assert None not in sent.values()
+
+
+def test_round_trips_keep_the_tell_tale_cases_apart() -> None:
+    for request in (
+        Start("d1"),
+        Start("d1", announced=()),
+        Start("d1", announced=("training",)),
+        Mark("d1"),
+        Mark("d1", call_id="c1"),
+        Mark("d1", "escalation", "n", "c1"),
+        Purge(),
+        Purge(dry_run=True),
+        Extend("c1", "training", 30, "ann", "r"),
+    ):
+        assert parse_request(encode_request(request)) == request
+    assert json.loads(encode_request(Start("d1")))["op"] == "start"
+    assert "announced" not in json.loads(encode_request(Start("d1")))
+    assert json.loads(encode_request(Start("d1", announced=())))["announced"] == []
+    assert json.loads(encode_request(Purge()))["dry_run"] is False
+
+
+def test_encode_request_is_what_the_client_always_sent() -> None:
+    """The wire stays as it was: json.dumps of the fields in order, nulls left out."""
+    assert encode_request(Start("desk-01", agent="ann")) == (
+        b'{"op": "start", "line": "desk-01", "agent": "ann"}'
+    )
+    assert request_fields(Mark("desk-01", "training")) == {
+        "op": "mark",
+        "line": "desk-01",
+        "purpose": "training",
+    }
+    assert encode_request(Ping()) == b'{"op": "ping"}'
+
+
+def test_one_table_names_every_request_type() -> None:
+    assert set(OP_NAMES) == set(ALL_TYPES)
+    # As rights.op_name names them for the log: the class's name in lower case.
+    assert all(op == kind.__name__.lower() for kind, op in OP_NAMES.items())
+    assert len(set(OP_NAMES.values())) == len(OP_NAMES)
+
+
+def reply(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_an_ok_reply_is_its_fields() -> None:
+    assert parse_reply(ok_reply(call_id="c1")) == {"ok": True, "call_id": "c1"}
+    assert parse_reply(b'{"ok":true}') == {"ok": True}
+
+
+@pytest.mark.parametrize("code", sorted(ERROR_CODES))
+def test_a_refusal_is_its_code_and_message(code: str) -> None:
+    refusal = parse_reply(error_reply(code, "no recording c1"))
+    assert refusal == Refusal(code, "no recording c1")
+    assert isinstance(refusal, Refusal) and refusal.exit_code == EXIT_REFUSED
+
+
+def test_a_refusal_with_a_code_this_client_does_not_know_is_still_a_refusal() -> None:
+    """A newer daemon may add error codes: the client passes them on, exit 1."""
+    refusal = parse_reply(reply(ok=False, error={"code": "gone", "message": "m"}))
+    assert refusal == Refusal("gone", "m")
+    assert isinstance(refusal, Refusal) and refusal.exit_code == EXIT_REFUSED
+
+
+@pytest.mark.parametrize(
+    ("frame", "why"),
+    [
+        (b"", "not UTF-8 JSON"),
+        (b"not json", "not UTF-8 JSON"),
+        (b"\xff\xfe", "not UTF-8 JSON"),
+        (b"[" * 50_000 + b"]" * 50_000, "not UTF-8 JSON"),
+        (b"[]", "not a JSON object"),
+        (b'"ok"', "not a JSON object"),
+        (b"null", "not a JSON object"),
+        (reply(call_id="c1"), "'ok' is not true or false"),
+        (reply(ok=1), "'ok' is not true or false"),
+        (reply(ok="true"), "'ok' is not true or false"),
+        (reply(ok=False), "no 'error' object"),
+        (reply(ok=False, error="no_call"), "no 'error' object"),
+        (reply(ok=False, error={"message": "m"}), "code None is not text"),
+        (reply(ok=False, error={"code": "", "message": "m"}), "code '' is not text"),
+        (reply(ok=False, error={"code": 7, "message": "m"}), "code 7 is not text"),
+        (reply(ok=False, error={"code": "no_call"}), "'message' is not text"),
+        (reply(ok=False, error={"code": "no_call", "message": 7}), "'message' is not text"),
+    ],
+)
+def test_a_malformed_reply_is_a_clear_client_error(frame: bytes, why: str) -> None:
+    with pytest.raises(ReplyError) as caught:
+        parse_reply(frame)
+    assert why in str(caught.value)
+    assert isinstance(caught.value, ClientError) and caught.value.exit_code == EXIT_REFUSED
+
+
+def test_reply_field_names_what_is_missing_or_malformed() -> None:
+    assert reply_field({"ok": True, "call_id": "c1"}, "call_id", str) == "c1"
+    assert reply_field({"ok": True, "deleted": []}, "deleted", list) == []
+    for fields in ({"ok": True}, {"ok": True, "call_id": None}):
+        with pytest.raises(ReplyError, match=r"^the daemon's reply lacks 'call_id'$"):
+            reply_field(fields, "call_id", str)
+    with pytest.raises(ReplyError, match="malformed 'deleted'"):
+        reply_field({"ok": True, "deleted": "c1"}, "deleted", list)
+
+
+def test_the_exit_code_table_covers_every_error_code() -> None:
+    assert set(EXIT_CODES) == ERROR_CODES
+    # The contract: 0 ok, 1 the daemon refused, 2 usage error, 3 daemon unreachable.
+    assert (EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE) == (0, 1, 2, 3)
+    assert set(EXIT_CODES.values()) == {EXIT_REFUSED}
+
+
+def test_the_documented_error_codes_are_the_table_s() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+    errors = text[text.index("\n## Errors\n") :]
+    errors = errors[: errors.index("\n## ", 1)]
+    assert set(re.findall(r"^\| `([a-z_]+)` \|", errors, re.MULTILINE)) == ERROR_CODES

@@ -34,10 +34,11 @@ from typing import IO, Any
 import pyrage
 
 from hindsight.client.options import EXIT_USAGE, actor_of, endpoint_of, state_dir_of
-from hindsight.client.transport import EXIT_REFUSED, request
+from hindsight.client.transport import EXIT_REFUSED, send
 from hindsight.durable import HASH_BLOCK, fsync_dir
 from hindsight.errors import ClientError
 from hindsight.layout import inside
+from hindsight.protocol import Access
 
 ENCRYPTED = ".age"
 SECRET_PREFIX = "AGE-SECRET-KEY-"
@@ -161,13 +162,8 @@ class Located:
 
 def locate(args: argparse.Namespace, state_dir: Path) -> Located:
     """Send ``access``: the daemon logs who opens CALL and why, then says where it is."""
-    payload = {
-        "op": "access",
-        "call_id": args.call,
-        "actor": actor_of(args),
-        "reason": args.reason,
-    }
-    reply = request(endpoint_of(args), payload, args.timeout)
+    asked = Access(call_id=args.call, actor=actor_of(args), reason=args.reason)
+    reply = send(endpoint_of(args), asked, args.timeout)
     path, sha256 = reply.get("path"), reply.get("sha256")
     if not isinstance(path, str) or not isinstance(sha256, str):
         raise ClientError("the daemon's reply lacks 'path' or 'sha256'", EXIT_REFUSED)

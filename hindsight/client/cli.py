@@ -25,110 +25,114 @@ from hindsight.client.options import (
     signature_options,
     state_dir_options,
 )
-from hindsight.client.transport import EXIT_REFUSED, request
+from hindsight.client.transport import send
 from hindsight.errors import ClientError, HindsightError
+from hindsight.protocol import (
+    End,
+    Erase,
+    Extend,
+    Hold,
+    Mark,
+    Pause,
+    Ping,
+    Purge,
+    Recordings,
+    Release,
+    Request,
+    Resolve,
+    Resume,
+    Start,
+    Status,
+    reply_field,
+)
 
 Command = Callable[[argparse.Namespace], int]
 Adder = Callable[[str, Command, str], argparse.ArgumentParser]
 
 
-def call(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
-    return request(endpoint_of(args), payload, args.timeout)
+def call(args: argparse.Namespace, request: Request) -> dict[str, Any]:
+    return send(endpoint_of(args), request, args.timeout)
 
 
-def _without_none(**fields: Any) -> dict[str, Any]:
-    return {key: value for key, value in fields.items() if value is not None}
-
-
-def _field(reply: dict[str, Any], key: str) -> Any:
-    if key not in reply:
-        raise ClientError(f"the daemon's reply lacks '{key}'", EXIT_REFUSED)
-    return reply[key]
-
-
-def _answer(args: argparse.Namespace, payload: dict[str, Any], key: str) -> int:
-    """Send ``payload`` and print the reply's ``key``: a call id, a retention date."""
-    print(_field(call(args, payload), key))
+def _answer(args: argparse.Namespace, request: Request, key: str) -> int:
+    """Send ``request`` and print the reply's ``key``: a call id, a retention date."""
+    print(reply_field(call(args, request), key, str))
     return 0
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
-    reply = call(args, {"op": "ping"})
+    reply = call(args, Ping())
     print(f"hindsightd {reply.get('version', '?')} is up")
     return 0
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    payload = _without_none(
-        op="start",
+    # () and "not given" differ: () means the caller was told of no purpose.
+    announced = None if args.announce is None else tuple(args.announce)
+    start = Start(
         line=args.line,
         call_id=args.call_id,
         agent=args.agent,
         caller=args.caller,
-        # [] and "not given" differ: [] means the caller was told of no purpose.
-        announced=[] if args.announce_none else args.announce,
+        announced=() if args.announce_none else announced,
     )
-    return _answer(args, payload, "call_id")
+    return _answer(args, start, "call_id")
 
 
 def cmd_end(args: argparse.Namespace) -> int:
-    return _answer(args, {"op": "end", "line": args.line}, "call_id")
+    return _answer(args, End(line=args.line), "call_id")
 
 
 def cmd_mark(args: argparse.Namespace) -> int:
-    payload = _without_none(op="mark", line=args.line, purpose=args.purpose, note=args.note)
-    return _answer(args, payload, "call_id")
+    mark = Mark(line=args.line, purpose=args.purpose, note=args.note, call_id=args.call_id)
+    return _answer(args, mark, "call_id")
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    return _answer(args, {"op": "pause", "line": args.line}, "call_id")
+    return _answer(args, Pause(line=args.line), "call_id")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    return _answer(args, {"op": "resume", "line": args.line}, "call_id")
+    return _answer(args, Resume(line=args.line), "call_id")
 
 
-def _signed(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]:
-    """A request that changes a recording: it names who asks and why."""
-    return {
-        "op": op,
-        "call_id": args.call,
-        **fields,
-        "actor": actor_of(args),
-        "reason": args.reason,
-    }
+def _by(args: argparse.Namespace) -> dict[str, str]:
+    """Who asks for a change to a recording, and why."""
+    return {"actor": actor_of(args), "reason": args.reason}
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
-    return _answer(args, _signed(args, "resolve", purpose=args.purpose), "retain_until")
+    resolve = Resolve(call_id=args.call, purpose=args.purpose, **_by(args))
+    return _answer(args, resolve, "retain_until")
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
-    payload = _signed(args, "extend", purpose=args.purpose, days=args.days)
-    return _answer(args, payload, "retain_until")
+    extend = Extend(call_id=args.call, purpose=args.purpose, days=args.days, **_by(args))
+    return _answer(args, extend, "retain_until")
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
-    return _answer(args, _signed(args, "hold"), "call_id")
+    return _answer(args, Hold(call_id=args.call, **_by(args)), "call_id")
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    return _answer(args, _signed(args, "release"), "call_id")
+    return _answer(args, Release(call_id=args.call, **_by(args)), "call_id")
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    return _answer(args, _signed(args, "erase"), "call_id")
+    return _answer(args, Erase(call_id=args.call, **_by(args)), "call_id")
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    deleted = _field(call(args, {"op": "purge", "dry_run": args.dry_run}), "deleted")
-    print("\n".join(deleted) if deleted else "no recording is due")
+    deleted = reply_field(call(args, Purge(dry_run=args.dry_run)), "deleted", list)
+    print("\n".join(map(str, deleted)) if deleted else "no recording is due")
     return 0
 
 
 def cmd_recordings(args: argparse.Namespace) -> int:
-    payload = _without_none(op="recordings", purpose=args.purpose, caller=args.caller)
-    recordings = _field(call(args, payload), "recordings")
+    recordings = reply_field(
+        call(args, Recordings(purpose=args.purpose, caller=args.caller)), "recordings", list
+    )
     print(json.dumps(recordings, indent=2) if args.json else render_recordings(recordings))
     return 0
 
@@ -149,7 +153,7 @@ def render_recordings(recordings: Sequence[dict[str, Any]]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reply = call(args, {"op": "status"})
+    reply = call(args, Status())
     if args.json:
         print(json.dumps({k: v for k, v in reply.items() if k != "ok"}, indent=2))
     else:
@@ -269,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     mark.add_argument("line")
     mark.add_argument("--purpose")
     mark.add_argument("--note", help="kept with the recording, never in the log")
+    mark.add_argument(
+        "--call-id", help="which call: the live one, or one that ended within the grace"
+    )
     add("pause", cmd_pause, "the call on LINE is paused: its audio is not kept").add_argument(
         "line"
     )

@@ -26,8 +26,8 @@ from hindsight.client.transport import EXIT_REFUSED, CurveKeys
 from hindsight.config import z85_key_problem
 from hindsight.durable import fsync_dir
 from hindsight.errors import ClientError
+from hindsight.protocol import EXIT_USAGE
 
-EXIT_USAGE = 2
 SECRET_SUFFIX = ".key_secret"
 PUBLIC_SUFFIX = ".key"
 

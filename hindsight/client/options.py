@@ -12,9 +12,9 @@ from hindsight.client.curve import client_keys
 from hindsight.client.transport import Endpoint
 from hindsight.config import SCHEMES, read_control_endpoint, resolve_config_path
 from hindsight.errors import ClientError, ConfigError
+from hindsight.protocol import EXIT_USAGE as EXIT_USAGE
 from hindsight.protocol import MAX_EXTEND_DAYS
 
-EXIT_USAGE = 2
 DEFAULT_STATE_DIR = "/var/lib/hindsight"  # the daemon's default daemon.state_dir
 DEFAULT_TIMEOUT = 2.0
 MAX_TIMEOUT = 3600.0
@@ -94,7 +94,9 @@ def endpoint_of(args: argparse.Namespace) -> Endpoint:
     """The endpoint to ask, with the CURVE keys of ``--server-key`` and ``--client-key``."""
     if args.endpoint:
         if not str(args.endpoint).startswith(SCHEMES):
-            raise ClientError(f"--endpoint must start with ipc:// or tcp://: {args.endpoint}", 2)
+            raise ClientError(
+                f"--endpoint must start with ipc:// or tcp://: {args.endpoint}", EXIT_USAGE
+            )
         address = str(args.endpoint)
     else:
         path = resolve_config_path(args.config)

@@ -12,10 +12,22 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from hindsight.client.options import endpoint_of
-from hindsight.client.transport import request
+from hindsight.client.transport import send
 from hindsight.errors import ClientError
+from hindsight.protocol import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    End,
+    Mark,
+    Request,
+    Start,
+    Status,
+    reply_field,
+)
 
 
 @dataclass(frozen=True)
@@ -69,20 +81,20 @@ class Floor:
                 self._report(f"{plan.line}  failed: {exc}", None)
 
     def _one_call(self, plan: Plan) -> str:
-        reply = self._send({"op": "start", "line": plan.line, "agent": plan.agent})
+        reply = self._send(Start(line=plan.line, agent=plan.agent))
         try:
             if plan.mark_at is not None:
                 time.sleep(plan.mark_at)
-                self._send({"op": "mark", "line": plan.line, "note": "simulated escalation"})
+                self._send(Mark(line=plan.line, note="simulated escalation"))
                 time.sleep(plan.seconds - plan.mark_at)
             else:
                 time.sleep(plan.seconds)
         finally:
-            self._send({"op": "end", "line": plan.line})
-        return str(reply["call_id"])
+            self._send(End(line=plan.line))
+        return str(reply_field(reply, "call_id", str))
 
-    def _send(self, payload: dict[str, object]) -> dict[str, object]:
-        return request(self.endpoint, dict(payload), self.timeout)
+    def _send(self, request: Request) -> dict[str, Any]:
+        return send(self.endpoint, request, self.timeout)
 
     def _report(self, text: str, mark_at: float | None) -> None:
         with self._lock:
@@ -93,13 +105,15 @@ class Floor:
 
 def run(args: argparse.Namespace) -> int:
     if args.calls < 1 or args.lines < 1 or not 0 < args.min_seconds <= args.max_seconds:
-        raise ClientError("--calls and --lines must be >= 1, 0 < --min-seconds <= --max-seconds", 2)
+        raise ClientError(
+            "--calls and --lines must be >= 1, 0 < --min-seconds <= --max-seconds", EXIT_USAGE
+        )
     endpoint = endpoint_of(args)
-    status = request(endpoint, {"op": "status"}, args.timeout)
-    idle = [line["line"] for line in status["lines"] if line["call_id"] is None]
+    lines = reply_field(send(endpoint, Status(), args.timeout), "lines", list)
+    idle = [line["line"] for line in lines if line["call_id"] is None]
     if len(idle) < args.lines:
         raise ClientError(
-            f"the daemon has {len(idle)} idle lines, --lines asks for {args.lines}", 1
+            f"the daemon has {len(idle)} idle lines, --lines asks for {args.lines}", EXIT_REFUSED
         )
     floor = Floor(endpoint, args.timeout, args.calls)
     threads = [
@@ -111,4 +125,4 @@ def run(args: argparse.Namespace) -> int:
     for thread in threads:
         thread.join()
     print(f"simulated {floor.done - floor.failures} calls, {floor.failures} failed")
-    return 1 if floor.failures else 0
+    return EXIT_REFUSED if floor.failures else EXIT_OK

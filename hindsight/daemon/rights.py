@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from hindsight import protocol
 from hindsight.config import ClientConfig, Config
 from hindsight.errors import HindsightError, ProtocolError
 from hindsight.protocol import (
@@ -64,8 +65,8 @@ class EventLog(Protocol):
 
 
 def op_name(request: Request) -> str:
-    """The protocol's name of ``request``'s op: its class, in lower case (``Ping``: ping)."""
-    return type(request).__name__.lower()
+    """The protocol's name of ``request``'s op (``Ping()``: ping), from the protocol's table."""
+    return protocol.op_name(request)
 
 
 def client_of(config: Config, user_id: str) -> ClientConfig | None:
