@@ -58,6 +58,7 @@ __all__ = [
     "pulse_available",
     "read_wav_int16",
     "resample",
+    "tool",
     "unavailable",
     "write_tone_wav",
     "write_wav_int16",
@@ -112,6 +113,15 @@ def unavailable(reason: str) -> None:
     in_ci = bool(os.environ.get("CI"))
     stop = pytest.fail if in_ci else pytest.skip
     stop(f"test infrastructure unavailable{' in CI' if in_ci else ''}: {reason}")
+
+
+def tool(name: str, package: str) -> str:
+    """The path of command ``name`` (from Debian ``package``); ``unavailable`` when missing."""
+    path = shutil.which(name)
+    if path is None:
+        unavailable(f"{name} not found on PATH (apt-get install {package})")
+    assert path is not None
+    return path
 
 
 def pulse_available() -> str | None:

@@ -20,7 +20,6 @@ import queue
 import re
 import select
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from hindsight.client.cli import main as cli_main
 from hindsight.client.transport import Refused
 from hindsight.errors import ClientError
 from tests.harness import BIN, Daemon
-from tests.pulse import unavailable
+from tests.pulse import tool, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 DESKTOP = ROOT / "desktop" / "hindsight-hotkey.desktop"
@@ -55,17 +54,9 @@ UNREACHABLE = "hotkey: daemon unreachable"
 APART = hotkey.DEBOUNCE_SECONDS + 0.2
 
 
-def tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        unavailable(f"{name} not found on PATH (apt-get install {package})")
-    assert path is not None
-    return path
-
-
 def need_pynput() -> None:
     if importlib.util.find_spec("pynput") is None:
-        unavailable("pynput is not installed (pip install -e '.[test]')")
+        unavailable("pynput is not installed (./run setup installs it)")
 
 
 # --- the X server ---

@@ -41,21 +41,13 @@ import pytest
 from hindsight.config import load_config
 from hindsight.daemon.buffer import CHUNK_SAMPLES, chunk_count
 from tests.harness import BIN, Daemon
-from tests.pulse import PulseServer, unavailable
+from tests.pulse import PulseServer, tool, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "hindsightd.service"
 SYSUSERS = ROOT / "systemd" / "sysusers.d" / "hindsight.conf"
 PRODUCTION = ROOT / "config" / "hindsight.toml"
 MAX_EXPOSURE = 2.0
-
-
-def tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        unavailable(f"{name} not found on PATH (apt-get install {package})")
-    assert path is not None
-    return path
 
 
 def analyze() -> str:
