@@ -29,13 +29,14 @@ dataclasses.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import os
 import re
 import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
@@ -188,6 +189,9 @@ class Config:
     path: Path | None
     metrics: MetricsConfig = MetricsConfig()
     clients: tuple[ClientConfig, ...] = ()  # who may use daemon.listen, and for what
+    # Of the file's bytes, those parsed (load_config); logged. Not part of what the config
+    # says, so not of its equality either.
+    sha256: str | None = field(default=None, compare=False)
 
     def purpose(self, name: str) -> PurposeConfig | None:
         return next((p for p in self.purposes if p.name == name), None)
@@ -931,10 +935,19 @@ def parse_config(data: dict[str, Any], base_dir: Path, path: Path | None = None)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    return _parse_toml(path, _read_bytes(path))
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes()
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from error
+
+
+def _parse_toml(path: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError([f"{path}: invalid TOML: not UTF-8 ({error.reason})"]) from error
     try:
@@ -945,7 +958,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def load_config(path: Path) -> Config:
     """Read and validate the config file at ``path``; relative paths are relative to its folder."""
-    return parse_config(_read_toml(path), path.absolute().parent, path)
+    raw = _read_bytes(path)  # read once: the SHA-256 is of exactly what was parsed
+    config = parse_config(_parse_toml(path, raw), path.absolute().parent, path)
+    return replace(config, sha256=hashlib.sha256(raw).hexdigest())
 
 
 def resolve_config_path(arg: str | None) -> Path:

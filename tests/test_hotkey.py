@@ -39,6 +39,7 @@ from hindsight.client import hotkey
 from hindsight.client.cli import main as cli_main
 from hindsight.client.transport import Refused
 from hindsight.errors import ClientError
+from hindsight.protocol import Request, request_fields
 from tests.harness import BIN, Daemon
 from tests.pulse import tool, unavailable
 
@@ -567,14 +568,14 @@ def test_every_outcome_says_marked_or_why_not_and_never_more(
     ]
     sent: list[dict[str, Any]] = []
 
-    def fake(endpoint: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        sent.append(payload)
+    def fake(endpoint: str, request: Request, timeout: float) -> dict[str, Any]:
+        sent.append(request_fields(request))
         reply = replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
         return reply
 
-    monkeypatch.setattr(hotkey, "request", fake)
+    monkeypatch.setattr(hotkey, "send", fake)
     outcomes = [hotkey.mark("ipc://x", "desk-01", "training", 2.0) for _ in range(6)]
     assert sent == [{"op": "mark", "line": "desk-01", "purpose": "training"}] * 6
     assert [(o.ok, o.line) for o in outcomes] == [

@@ -425,7 +425,7 @@ def test_encode_request_is_what_the_client_always_sent() -> None:
 
 def test_one_table_names_every_request_type() -> None:
     assert set(OP_NAMES) == set(ALL_TYPES)
-    # As rights.op_name names them for the log: the class's name in lower case.
+    # As rights logs them (access_denied): the class's name in lower case.
     assert all(op == kind.__name__.lower() for kind, op in OP_NAMES.items())
     assert len(set(OP_NAMES.values())) == len(OP_NAMES)
 

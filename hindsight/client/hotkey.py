@@ -34,10 +34,10 @@ from types import FrameType
 from typing import Any
 
 from hindsight.client.options import EXIT_USAGE, endpoint_of
-from hindsight.client.transport import EXIT_UNREACHABLE, Refused, request
+from hindsight.client.transport import EXIT_UNREACHABLE, Refused, send
 from hindsight.config import ID_PATTERN
 from hindsight.errors import ClientError
-from hindsight.protocol import Mark, request_fields
+from hindsight.protocol import Mark
 
 DEFAULT_KEY = "F9"
 # A press less than this long after the previous activation (sent or not) is not sent: a held
@@ -202,7 +202,7 @@ class Outcome:
 def mark(endpoint: str, line: str, purpose: str | None, timeout: float) -> Outcome:
     """Send the mark; say what came of it, never anything about sampling."""
     try:
-        request(endpoint, request_fields(Mark(line=line, purpose=purpose)), timeout)
+        send(endpoint, Mark(line=line, purpose=purpose), timeout)
     except Refused as exc:
         if exc.code == "no_call":
             return Outcome(False, f"no call on {line}", "Not marked", f"No call on {line}.")

@@ -16,7 +16,6 @@ with ``protocol.parse_reply``, and a refusal's exit code comes from ``protocol.E
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,12 +69,6 @@ def send(endpoint: str, request: Request, timeout: float) -> dict[str, Any]:
     """Send ``request``; return the reply's fields when ok, raise ``Refused`` or
     ``ClientError`` else."""
     return _answer(endpoint, encode_request(request), timeout)
-
-
-def request(endpoint: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """``send`` for a request already in its JSON form, such as ``protocol.request_fields``
-    of one: the hotkey's seam, which its tests replace."""
-    return _answer(endpoint, json.dumps(payload).encode("utf-8"), timeout)
 
 
 def _answer(endpoint: str, frame: bytes, timeout: float) -> dict[str, Any]:

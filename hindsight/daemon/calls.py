@@ -242,6 +242,10 @@ class CallTable:
             self.config = config
             self._set_lines(config)
 
+    def live_count(self) -> int:
+        with self.lock:
+            return sum(call is not None for call in self._slots)
+
     def live_calls(self) -> list[Call]:
         with self.lock:
             return [call for call in self._slots if call is not None]

@@ -53,7 +53,7 @@ from hindsight.daemon.memory import PoolMemory
 from hindsight.daemon.metrics import Metrics, Snapshot
 from hindsight.daemon.pseudonym import Pseudonyms
 from hindsight.daemon.recovery import settle_open_calls
-from hindsight.daemon.reload import file_sha256, refusals
+from hindsight.daemon.reload import refusals
 from hindsight.daemon.server import ClientKeys, ControlServer, Curve, load_server_keys
 from hindsight.daemon.service import Service
 from hindsight.daemon.sources import Source, loop_source
@@ -179,7 +179,7 @@ class Daemon:
                 f"the worker process did not start within {limit:g} s "
                 "(its messages, if any, are above)"
             )
-        sha = file_sha256(self.config.path)
+        sha = self.config.sha256
         commit_log.append("daemon_started", version=__version__, config_sha256=sha)
         settle_open_calls(commit_log, self.config.daemon.state_dir)
         log.info(
@@ -208,7 +208,9 @@ class Daemon:
         watch = PoolWatch(table)
         purger = Purger(service.lifecycle, self.config.retention.purge_interval_seconds)
         self._parts.purger = purger
-        notifier = systemd.Notifier(self._parts.flow, systemd.watchdog_interval())
+        notifier = systemd.Notifier(
+            self._parts.flow, systemd.watchdog_interval(), "NOTIFY_SOCKET" in os.environ
+        )
         metrics = Metrics(
             self._snapshot, self.config.metrics.interval_seconds, self.config.metrics.textfile
         )
@@ -227,7 +229,7 @@ class Daemon:
                 purger.check(now)
                 metrics.check(now)
                 states = _states(self._parts.sources)
-                for name in notifier.tick(now, self._status_line(), states):
+                for name in notifier.tick(now, self._status_line, states):
                     log.error(
                         "no audio from device %s for %.0f s: its capture is stuck (under "
                         "systemd the watchdog restarts the service)",
@@ -267,7 +269,7 @@ class Daemon:
             pool_free=table.pool.free,
             pool_steals=table.pool_steals,
             dropped_frames=table.dropped_frames,
-            live_calls=len(table.live_calls()),
+            live_calls=table.live_count(),
             worker_restarts=keeper.restarts,
             backlog=keeper.backlog(),
             store_failures=keeper.failures,
@@ -278,7 +280,7 @@ class Daemon:
 
     def _status_line(self) -> str:
         parts = self._parts
-        live = sum(row.call_id is not None for row in parts.table.status())
+        live = parts.table.live_count()
         pid = parts.keeper.state()["pid"]
         worker = f"worker pid {pid}" if pid is not None else "worker restarting"
         return f"{live} live call(s) on {len(self.config.lines)} line(s); {worker}"
@@ -290,14 +292,10 @@ class Daemon:
             log.error("SIGHUP: this daemon was not started from a file; nothing to reload")
             return
         try:
-            new = load_config(path)
-            sha = file_sha256(path)
+            new = load_config(path)  # a file it cannot read is a ConfigError too
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("SIGHUP: config not reloaded, the old one stays: %s", problem)
-            return
-        except OSError as exc:
-            log.error("SIGHUP: config not reloaded, the old one stays: %s", exc)
             return
         unsettled = parts.table.live_calls() + parts.keeper.waiting_calls()
         refused = refusals(self.config, new, unsettled, parts.lifecycle.kept_for)
@@ -318,10 +316,10 @@ class Daemon:
             parts.metrics.textfile = new.metrics.textfile
         self.config = new
         try:
-            parts.commit_log.append("config_reloaded", config_sha256=sha)
+            parts.commit_log.append("config_reloaded", config_sha256=new.sha256)
         except HindsightError as exc:
             log.error("config reloaded, but the commit log could not say so: %s", exc)
-        log.info("SIGHUP: config reloaded (sha256 %s): %d line(s)", sha, len(new.lines))
+        log.info("SIGHUP: config reloaded (sha256 %s): %d line(s)", new.sha256, len(new.lines))
         _warn_if_unencrypted(new)
 
     def _shutdown(

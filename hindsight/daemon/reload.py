@@ -20,20 +20,12 @@ Rules:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from hindsight.config import Config
 from hindsight.daemon.calls import Call
 
 RESTART_SECTIONS = ("daemon", "audio", "buffer")
-
-
-def file_sha256(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def refusals(

@@ -64,11 +64,6 @@ class EventLog(Protocol):
     def append(self, event: str, **fields: Any) -> Any: ...
 
 
-def op_name(request: Request) -> str:
-    """The protocol's name of ``request``'s op (``Ping()``: ping), from the protocol's table."""
-    return protocol.op_name(request)
-
-
 def client_of(config: Config, user_id: str) -> ClientConfig | None:
     """The configured client whose public key ZAP gave as ``user_id``; None if none is."""
     return next((c for c in config.clients if c.public_key == user_id), None)
@@ -97,10 +92,10 @@ def run(
     if client is None or not allows(client, request):
         name = client.name if client is not None else "(unknown key)"
         try:
-            events.append("access_denied", client=name, op=op_name(request))
+            events.append("access_denied", client=name, op=protocol.op_name(request))
         except HindsightError as exc:
             log.error("access_denied for %s could not be logged: %s", name, exc)
-        log.info("refused %s from client %s", op_name(request), name)
+        log.info("refused %s from client %s", protocol.op_name(request), name)
         raise ProtocolError("not_allowed", DENIED)
     reply = op(request)
     if client.role == "agent" and isinstance(request, Status):

@@ -74,18 +74,20 @@ class Flow:
 class Notifier:
     """What the main loop tells systemd each tick: STATUS on change, WATCHDOG while flowing."""
 
-    def __init__(self, flow: Flow, interval: float | None) -> None:
+    def __init__(self, flow: Flow, interval: float | None, active: bool) -> None:
         self.flow = flow
         self.interval = interval
+        self.active = active  # under systemd ($NOTIFY_SOCKET): else STATUS= is never built
         self.next_ping = 0.0
         self.status = ""
         self.stalled: list[str] = []
 
-    def tick(self, now: float, status: str, states: Mapping[str, str]) -> list[str]:
+    def tick(self, now: float, status: Callable[[], str], states: Mapping[str, str]) -> list[str]:
         """Send what is due; return the sources that newly stalled (for the log)."""
-        if status != self.status:
-            self.status = status
-            notify(f"STATUS={status}")
+        line = status() if self.active else ""
+        if line != self.status:
+            self.status = line
+            notify(f"STATUS={line}")
         stalled = self.flow.stalled(states)
         newly = [name for name in stalled if name not in self.stalled]
         self.stalled = stalled
