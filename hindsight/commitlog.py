@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -296,6 +297,14 @@ class CommitLog:
             for listener in self._listeners:
                 listener(entry)
             return entry
+
+    @contextmanager
+    def still(self) -> Iterator[None]:
+        """Hold the log still: no line is appended meanwhile, and every listener has seen
+        every line written so far. State kept beside the log (the retention ledger) is read
+        under this, so a client that has just read a line from the file finds it applied."""
+        with self._lock:
+            yield
 
     def listen(self, listener: Callable[[Mapping[str, Any]], None]) -> None:
         """Call ``listener`` with every entry appended from now on, in log order, under the

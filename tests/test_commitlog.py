@@ -332,3 +332,30 @@ def test_open_refuses_an_edit_with_a_recomputed_hash(tmp_path: Path) -> None:
 def test_reading_a_missing_log_raises(tmp_path: Path) -> None:
     with pytest.raises(CommitLogError, match="cannot be read"):
         list(read_entries(tmp_path / "commit.log"))
+
+
+def test_a_line_read_from_the_file_is_seen_by_every_listener_once_the_log_is_still(
+    tmp_path: Path,
+) -> None:
+    # The race a client hit: it read call_committed from the file and asked about the
+    # recording before the retention ledger (a listener) had applied that line.
+    path = tmp_path / "commit.log"
+    applied: list[int] = []
+    written = threading.Event()
+    release = threading.Event()
+
+    def slow_listener(entry: Any) -> None:
+        written.set()  # the line is in the file by now
+        release.wait(5)
+        applied.append(entry["seq"])
+
+    with CommitLog.open(path) as log:
+        log.listen(slow_listener)
+        writer = threading.Thread(target=started, args=(log, "c1"))
+        writer.start()
+        assert written.wait(5)
+        assert lines_of(path)[-1]["seq"] == 1 and applied == []
+        threading.Timer(0.2, release.set).start()
+        with log.still():
+            assert applied == [1]
+        writer.join()

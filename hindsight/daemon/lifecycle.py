@@ -26,7 +26,6 @@ Rules:
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -71,7 +70,6 @@ class Lifecycle:
         self.log = commit_log
         self.deleter = deleter
         self.clock = clock
-        self._lock = threading.Lock()  # the ledger: the keeper's thread logs commits too
         commit_log.listen(self._applied)
 
     def reconfigure(self, config: Config) -> None:
@@ -80,26 +78,25 @@ class Lifecycle:
 
     def kept_for(self, purpose: str) -> int:
         """How many recordings are kept for ``purpose`` now."""
-        with self._lock:
+        with self.log.still():
             return len(self.ledger.recordings(purpose, None))
 
     def _applied(self, entry: Mapping[str, Any]) -> None:
-        with self._lock:
-            self.ledger.apply(entry)
+        self.ledger.apply(entry)  # under the log's lock, before anyone else may read the ledger
 
     def recordings(self, purpose: str | None, caller: str | None) -> list[dict[str, Any]]:
         caller_ref = None if caller is None else self.pseudonyms.ref(caller)
-        with self._lock:
+        with self.log.still():
             found = self.ledger.recordings(purpose, caller_ref)
             return [recording.to_json() for recording in found]
 
     def resolve(self, call_id: str, purpose: str, actor: str, reason: str) -> str:
-        with self._lock:
+        with self.log.still():
             until = self.ledger.resolve(call_id, purpose, self.clock(), self.terms)
         return self._set_purpose("recording_resolved", call_id, purpose, until, actor, reason)
 
     def extend(self, call_id: str, purpose: str, days: float, actor: str, reason: str) -> str:
-        with self._lock:
+        with self.log.still():
             until = self.ledger.extend(call_id, purpose, days, self.clock(), self.terms)
         return self._set_purpose("recording_extended", call_id, purpose, until, actor, reason)
 
@@ -119,26 +116,26 @@ class Lifecycle:
         return retain_until
 
     def hold(self, call_id: str, actor: str, reason: str) -> None:
-        with self._lock:
+        with self.log.still():
             self.ledger.check_hold(call_id)
         self.log.append("recording_held", call_id=call_id, actor=actor, reason=reason)
         log.info("a recording held by %s", actor)
 
     def release(self, call_id: str, actor: str, reason: str) -> None:
-        with self._lock:
+        with self.log.still():
             self.ledger.check_release(call_id)
         self.log.append("recording_released", call_id=call_id, actor=actor, reason=reason)
         log.info("a recording released by %s", actor)
 
     def erase(self, call_id: str, actor: str, reason: str) -> None:
-        with self._lock:
+        with self.log.still():
             recording = self.ledger.check_erasable(call_id)
         self._delete(recording, "erased", actor=actor, reason=reason)
 
     def access(self, call_id: str, actor: str, reason: str) -> Recording:
         """Log that ``actor`` opens the recording of ``call_id`` and why; return it. Refused
         with ``unknown_call`` when it does not exist (never kept, or deleted)."""
-        with self._lock:
+        with self.log.still():
             recording = self.ledger.get(call_id)
             gone = self.ledger.deletion(call_id) if recording is None else None
         if recording is None:
@@ -150,7 +147,7 @@ class Lifecycle:
 
     def purge(self, dry_run: bool = False) -> list[str]:
         """Delete every recording due now (with ``dry_run``, only say which)."""
-        with self._lock:
+        with self.log.still():
             due = self.ledger.due(self.clock())
         if not dry_run:
             for recording in due:
