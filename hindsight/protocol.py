@@ -12,9 +12,10 @@ recording's file, and must never name a hidden one, ``.`` or ``..``. Free text
 line in a log. Lists become tuples, so that every request is immutable.
 
 Both sides use this module: the daemon parses with ``parse_request`` and answers with
-``ok_reply`` or ``error_reply``; a client builds a request dataclass, sends its
-``encode_request`` and reads the answer with ``parse_reply``. ``_PARSERS`` is the one table of
-op names and request types, ``EXIT_CODES`` the one of error codes and the client's exit
+``ok_reply`` (of a reply type of ``hindsight.replies``) or ``error_reply``; a client builds a
+request dataclass, sends its ``encode_request`` and reads the answer with ``parse_reply``,
+which gives the op's reply type or a ``Refusal``. ``_OPS`` is the one table of op names,
+request types and reply types, ``EXIT_CODES`` the one of error codes and the client's exit
 codes.
 """
 
@@ -25,10 +26,23 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from hindsight import replies
 from hindsight.config import ID_PATTERN
 from hindsight.errors import ClientError, ProtocolError
+from hindsight.replies import (
+    AccessReply,
+    CallReply,
+    Pong,
+    PurgeReply,
+    RecordingsReply,
+    Reply,
+    RetentionReply,
+    StatusReply,
+)
+
+R = TypeVar("R", bound=Reply)
 
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_NOTE_CHARS = 2000
@@ -61,13 +75,20 @@ EXIT_CODES: Mapping[str, int] = MappingProxyType(
 ERROR_CODES = frozenset(EXIT_CODES)
 
 
+class Asks(Generic[R]):
+    """A request whose ok-reply is an ``R``: what the type checker knows of it. The op
+    table says the same at run time (``reply_type``); a test holds the two together."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
-class Ping:
+class Ping(Asks[Pong]):
     pass
 
 
 @dataclass(frozen=True)
-class Start:
+class Start(Asks[CallReply]):
     line: str
     call_id: str | None = None
     agent: str | None = None
@@ -77,22 +98,22 @@ class Start:
 
 
 @dataclass(frozen=True)
-class End:
+class End(Asks[CallReply]):
     line: str
 
 
 @dataclass(frozen=True)
-class Pause:
+class Pause(Asks[CallReply]):
     line: str
 
 
 @dataclass(frozen=True)
-class Resume:
+class Resume(Asks[CallReply]):
     line: str
 
 
 @dataclass(frozen=True)
-class Mark:
+class Mark(Asks[CallReply]):
     line: str
     purpose: str | None = None
     note: str | None = None
@@ -102,18 +123,18 @@ class Mark:
 
 
 @dataclass(frozen=True)
-class Status:
+class Status(Asks[StatusReply]):
     pass
 
 
 @dataclass(frozen=True)
-class Recordings:
+class Recordings(Asks[RecordingsReply]):
     purpose: str | None = None
     caller: str | None = None
 
 
 @dataclass(frozen=True)
-class Resolve:
+class Resolve(Asks[RetentionReply]):
     call_id: str
     purpose: str
     actor: str
@@ -121,7 +142,7 @@ class Resolve:
 
 
 @dataclass(frozen=True)
-class Extend:
+class Extend(Asks[RetentionReply]):
     call_id: str
     purpose: str
     days: float
@@ -130,33 +151,33 @@ class Extend:
 
 
 @dataclass(frozen=True)
-class Hold:
+class Hold(Asks[CallReply]):
     call_id: str
     actor: str
     reason: str
 
 
 @dataclass(frozen=True)
-class Release:
+class Release(Asks[CallReply]):
     call_id: str
     actor: str
     reason: str
 
 
 @dataclass(frozen=True)
-class Erase:
+class Erase(Asks[CallReply]):
     call_id: str
     actor: str
     reason: str
 
 
 @dataclass(frozen=True)
-class Purge:
+class Purge(Asks[PurgeReply]):
     dry_run: bool = False
 
 
 @dataclass(frozen=True)
-class Access:
+class Access(Asks[AccessReply]):
     """Who opens a recording and why: logged before the reply says where it is."""
 
     call_id: str
@@ -198,7 +219,7 @@ def parse_request(frame: bytes) -> Request:
     op = message.get("op")
     if not isinstance(op, str):
         raise ProtocolError("bad_request", "field 'op' must be a string")
-    entry = _PARSERS.get(op)
+    entry = _OPS.get(op)
     if entry is None:
         raise ProtocolError("unknown_op", f"unknown op {_short(op)}")
     return entry[1](message)
@@ -246,34 +267,41 @@ def _signature(m: Mapping[str, Any]) -> tuple[str, str]:
     return _text(m, "actor", MAX_ACTOR_CHARS), _text(m, "reason", MAX_REASON_CHARS)
 
 
-# The one table of the ops: each op's name, its request type, and the parser of its fields.
+# The one table of the ops: each op's name, its request type, the parser of its fields and
+# the type of its ok-reply.
 # A request type's fields are named as the request's JSON fields, so that encode_request
 # needs nothing more than this.
-_PARSERS: Mapping[str, tuple[type[Request], Callable[[Mapping[str, Any]], Request]]] = {
-    "ping": (Ping, lambda m: Ping()),
-    "start": (Start, _parse_start),
-    "end": (End, lambda m: End(line=_id(m, "line"))),
-    "mark": (Mark, _parse_mark),
-    "status": (Status, lambda m: Status()),
-    "pause": (Pause, lambda m: Pause(line=_id(m, "line"))),
-    "resume": (Resume, lambda m: Resume(line=_id(m, "line"))),
-    "recordings": (Recordings, _parse_recordings),
-    "resolve": (Resolve, _parse_resolve),
-    "extend": (Extend, _parse_extend),
-    "hold": (Hold, lambda m: Hold(_id(m, "call_id"), *_signature(m))),
-    "release": (Release, lambda m: Release(_id(m, "call_id"), *_signature(m))),
-    "erase": (Erase, lambda m: Erase(_id(m, "call_id"), *_signature(m))),
-    "purge": (Purge, lambda m: Purge(dry_run=_optional_bool(m, "dry_run"))),
-    "access": (Access, lambda m: Access(_id(m, "call_id"), *_signature(m))),
+_OPS: Mapping[str, tuple[type[Request], Callable[[Mapping[str, Any]], Request], type[Reply]]] = {
+    "ping": (Ping, lambda m: Ping(), Pong),
+    "start": (Start, _parse_start, CallReply),
+    "end": (End, lambda m: End(line=_id(m, "line")), CallReply),
+    "mark": (Mark, _parse_mark, CallReply),
+    "status": (Status, lambda m: Status(), StatusReply),
+    "pause": (Pause, lambda m: Pause(line=_id(m, "line")), CallReply),
+    "resume": (Resume, lambda m: Resume(line=_id(m, "line")), CallReply),
+    "recordings": (Recordings, _parse_recordings, RecordingsReply),
+    "resolve": (Resolve, _parse_resolve, RetentionReply),
+    "extend": (Extend, _parse_extend, RetentionReply),
+    "hold": (Hold, lambda m: Hold(_id(m, "call_id"), *_signature(m)), CallReply),
+    "release": (Release, lambda m: Release(_id(m, "call_id"), *_signature(m)), CallReply),
+    "erase": (Erase, lambda m: Erase(_id(m, "call_id"), *_signature(m)), CallReply),
+    "purge": (Purge, lambda m: Purge(dry_run=_optional_bool(m, "dry_run")), PurgeReply),
+    "access": (Access, lambda m: Access(_id(m, "call_id"), *_signature(m)), AccessReply),
 }
 OP_NAMES: Mapping[type[Request], str] = MappingProxyType(
-    {kind: op for op, (kind, _) in _PARSERS.items()}
+    {kind: op for op, (kind, _, _) in _OPS.items()}
 )
 
 
 def op_name(request: Request) -> str:
     """The protocol's name of ``request``'s op (``Ping()``: ``ping``)."""
     return OP_NAMES[type(request)]
+
+
+def reply_type(request: Asks[R]) -> type[R]:
+    """The type of ``request``'s ok-reply (``End(line)``: ``CallReply``)."""
+    kind: type[R] = _OPS[OP_NAMES[type(request)]][2]  # type: ignore[index, assignment]
+    return kind
 
 
 def request_fields(request: Request) -> dict[str, Any]:
@@ -377,8 +405,8 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def ok_reply(**fields: Any) -> bytes:
-    return _encode({"ok": True, **fields})
+def ok_reply(reply: Reply) -> bytes:
+    return _encode({"ok": True, **replies.encode(reply)})
 
 
 def error_reply(code: str, message: str) -> bytes:
@@ -413,12 +441,12 @@ class Refusal:
         return EXIT_CODES.get(self.code, EXIT_REFUSED)
 
 
-def parse_reply(frame: bytes) -> dict[str, Any] | Refusal:
-    """The fields of an ok reply (``ok`` among them), or its ``Refusal``.
+def parse_reply(frame: bytes, kind: type[R]) -> R | Refusal:
+    """The ``kind`` an ok reply holds, or its ``Refusal``.
 
     ``ReplyError`` for anything the contract does not allow: not UTF-8 JSON, not an object,
-    ``ok`` not true or false, a refusal without an error object of a code (text) and a text
-    message.
+    ``ok`` not true or false, an ok reply whose fields do not make a ``kind`` (the message
+    names the field), a refusal without an error object of a code (text) and a text message.
     """
     try:
         reply = json.loads(frame.decode("utf-8"))
@@ -426,9 +454,12 @@ def parse_reply(frame: bytes) -> dict[str, Any] | Refusal:
         raise ReplyError("the reply is not UTF-8 JSON") from None
     if not isinstance(reply, dict):
         raise ReplyError("the reply is not a JSON object")
-    ok = reply.get("ok")
+    ok = reply.pop("ok", None)
     if ok is True:
-        return reply
+        try:
+            return replies.decode(reply, kind)
+        except replies.ReplyDecodeError as exc:
+            raise ReplyError(f"the reply does not hold a {kind.__name__}: {exc}") from None
     if ok is not False:
         raise ReplyError("the reply's 'ok' is not true or false")
     error = reply.get("error")
@@ -440,13 +471,3 @@ def parse_reply(frame: bytes) -> dict[str, Any] | Refusal:
     if not isinstance(message, str):
         raise ReplyError("the refusal's 'message' is not text")
     return Refusal(code, message)
-
-
-def reply_field(reply: Mapping[str, Any], key: str, kind: type | tuple[type, ...] = object) -> Any:
-    """``reply[key]``, which must be there (not null) and a ``kind``; ``ReplyError`` else."""
-    value = reply.get(key)
-    if value is None:
-        raise ReplyError(f"the daemon's reply lacks '{key}'")
-    if not isinstance(value, kind):
-        raise ReplyError(f"the daemon's reply has a malformed '{key}'")
-    return value

@@ -46,6 +46,7 @@ from hindsight.clock import iso, parse_iso
 from hindsight.commitlog import LOG_NAME, read_entries
 from hindsight.config import PurposeConfig
 from hindsight.errors import CommitLogError, ProtocolError
+from hindsight.replies import PurposeRetention, RecordingRow
 
 OVERDUE_SLACK = timedelta(days=1)
 
@@ -128,20 +129,20 @@ class Recording:
         until = self.retain_until
         return self.hold is None and until is not None and until <= now
 
-    def to_json(self) -> dict[str, Any]:
-        """One row of the ``recordings`` reply."""
-        return {
-            "call_id": self.call_id,
-            "line": self.line,
-            "agent": self.agent,
-            "path": self.path,
-            "purposes": {
-                name: {"retain_until": _iso(state.retain_until), "resolved": state.resolved}
+    def row(self) -> RecordingRow:
+        """This recording as a row of the ``recordings`` reply."""
+        return RecordingRow(
+            call_id=self.call_id,
+            line=self.line,
+            agent=self.agent,
+            path=self.path,
+            purposes={
+                name: PurposeRetention(_iso(state.retain_until), state.resolved)
                 for name, state in self.purposes.items()
             },
-            "retain_until": _iso(self.retain_until),
-            "held": self.held,
-        }
+            retain_until=_iso(self.retain_until),
+            held=self.held,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,7 +161,7 @@ class Daemon:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
-    def send_frames(self, frames: list[bytes], timeout: float = 3.0) -> list[bytes]:
+    def send_frames(self, frames: list[bytes], timeout: float = 10.0) -> list[bytes]:
         """Send raw frames from a DEALER; return the reply frames (empty delimiter stripped)."""
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
@@ -176,7 +176,7 @@ class Daemon:
         finally:
             sock.close(linger=0)
 
-    def request(self, payload: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
+    def request(self, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         reply = self.send_frames([b"", json.dumps(payload).encode()], timeout)
         assert len(reply) == 1, reply
         result: dict[str, Any] = json.loads(reply[0])

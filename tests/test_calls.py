@@ -11,8 +11,9 @@ import pytest
 from hindsight.config import Config, parse_config
 from hindsight.daemon import calls
 from hindsight.daemon.buffer import Int16Array, Pool
-from hindsight.daemon.calls import NIL, Call, CallTable, LineStatus, columns_for, draw_sample
+from hindsight.daemon.calls import NIL, Call, CallTable, columns_for, draw_sample
 from hindsight.errors import ProtocolError
+from hindsight.replies import LineStatus
 
 CHUNK = 64
 

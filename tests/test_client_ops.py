@@ -238,15 +238,41 @@ def test_recordings_prints_one_row_per_purpose(
 
 @pytest.mark.parametrize(
     ("argv", "key"),
-    [(["resolve", "c1", "--purpose", "p", "--reason", "r"], "retain_until"), (["purge"], "deleted")]
+    [(["resolve", "c1", "--purpose", "p", "--reason", "r"], "call_id"), (["purge"], "deleted")]
     + [([op, "c1", "--reason", "r"], "call_id") for op in ("hold", "release", "erase")]
-    + [(["pause", "desk-01"], "call_id"), (["recordings"], "recordings")],
+    + [(["pause", "desk-01"], "call_id"), (["recordings"], "recordings"), (["status"], "lines")],
 )
 def test_an_ok_reply_without_its_field_exits_1(
     fake: FakeDaemon, capsys: pytest.CaptureFixture[str], argv: list[str], key: str
 ) -> None:
     fake.reply = {"ok": True}
-    assert hs(fake, capsys, *argv) == (1, "", f"hindsight: the daemon's reply lacks '{key}'\n")
+    code, out, err = hs(fake, capsys, *argv)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"hindsight: the daemon at {fake.endpoint} sent a malformed reply")
+    assert f"missing required field `{key}`" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "reply", "where"),
+    [
+        (["resolve", "c1", "--purpose", "p", "--reason", "r"], {"call_id": "c1"}, "retain_until"),
+        (["start", "desk-01"], {"call_id": 7}, "got `int` - at `$.call_id`"),
+        (["purge"], {"deleted": [1]}, "at `$.deleted[0]`"),
+        (["status"], {"lines": [{"line": "a"}]}, "at `$.lines[0]`"),
+        (["status"], {"lines": [], "worker": {"pid": "x", "restarts": 0}}, "`$.worker.pid`"),
+    ],
+)
+def test_a_malformed_ok_reply_names_its_field_and_exits_1(
+    fake: FakeDaemon,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    reply: dict[str, Any],
+    where: str,
+) -> None:
+    fake.reply = {"ok": True, **reply}
+    code, out, err = hs(fake, capsys, *argv)
+    assert (code, out) == (1, "")
+    assert "malformed reply" in err and where in err and "Traceback" not in err
 
 
 EXTEND = ["extend", "c1", "--purpose", "training", "--reason", "r"]

@@ -506,7 +506,7 @@ def test_a_listen_key_file_that_is_no_key_pair_is_refused(
 def test_every_role_has_rights_and_every_op_a_name() -> None:
     assert set(rights.ALLOWED) | {rights.ADMIN} == set(ROLES)
     ops = {cls.__name__.lower() for cls in typing.get_args(protocol.Request)}
-    assert ops == set(protocol._PARSERS)
+    assert ops == set(protocol.OP_NAMES.values())
     assert all(
         allowed <= set(typing.get_args(protocol.Request)) for allowed in rights.ALLOWED.values()
     )

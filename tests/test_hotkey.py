@@ -39,7 +39,7 @@ from hindsight.client import hotkey
 from hindsight.client.cli import main as cli_main
 from hindsight.client.transport import Refused
 from hindsight.errors import ClientError
-from hindsight.protocol import Request, request_fields
+from hindsight.protocol import Refusal, Request, request_fields
 from tests.harness import BIN, Daemon
 from tests.pulse import tool, unavailable
 
@@ -559,9 +559,9 @@ def test_every_outcome_says_marked_or_why_not_and_never_more(
     """What each reply turns into; no text names the call, or sampling."""
     replies: list[Exception | dict[str, Any]] = [
         {"ok": True, "call_id": "20261129T055421Z-65d6bc9e"},
-        Refused("no_call", "no call on line desk-01"),
-        Refused("not_allowed", "the caller was not told of purpose training"),
-        Refused("unknown_line", "no line desk-99"),
+        Refused(Refusal("no_call", "no call on line desk-01")),
+        Refused(Refusal("not_allowed", "the caller was not told of purpose training")),
+        Refused(Refusal("unknown_line", "no line desk-99")),
         ClientError("daemon unreachable at ipc://x (no answer within 2 s)", 3),
         ClientError("the daemon at ipc://x sent a malformed reply", 1),
         {"ok": True, "call_id": "20261129T055421Z-65d6bc9e"},

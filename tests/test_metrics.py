@@ -6,13 +6,14 @@ import stat
 import time
 from pathlib import Path
 
-from hindsight.daemon.metrics import Metrics, Snapshot, prometheus
+from hindsight.daemon.metrics import Metrics, prometheus
+from hindsight.replies import MetricsSnapshot
 from tests.harness import Daemon, cli
 from tests.test_worker import wait_until
 
 
 def test_the_textfile_is_prometheus_text_with_every_figure() -> None:
-    text = prometheus(Snapshot(pool_chunks=256, pool_free=200, devices={"floor": "running"}))
+    text = prometheus(MetricsSnapshot(pool_chunks=256, pool_free=200, devices={"floor": "running"}))
     assert "# TYPE hindsight_pool_chunks gauge\nhindsight_pool_chunks 256\n" in text
     assert "hindsight_pool_free 200\n" in text
     assert "# TYPE hindsight_store_failures counter" in text
@@ -23,9 +24,9 @@ def test_the_textfile_is_prometheus_text_with_every_figure() -> None:
 def test_figures_are_read_once_per_interval_not_on_every_look(tmp_path: Path) -> None:
     reads: list[int] = []
 
-    def read() -> Snapshot:
+    def read() -> MetricsSnapshot:
         reads.append(1)
-        return Snapshot(backlog=len(reads))
+        return MetricsSnapshot(backlog=len(reads))
 
     metrics = Metrics(read, 60.0, tmp_path / "m.prom")
     metrics.check(1000.0)

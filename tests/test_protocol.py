@@ -26,6 +26,7 @@ from hindsight.protocol import (
     MAX_REQUEST_BYTES,
     OP_NAMES,
     Access,
+    Asks,
     End,
     Erase,
     Extend,
@@ -49,8 +50,25 @@ from hindsight.protocol import (
     op_name,
     parse_reply,
     parse_request,
-    reply_field,
+    reply_type,
     request_fields,
+)
+from hindsight.replies import (
+    AccessReply,
+    CallReply,
+    DeviceState,
+    Encryption,
+    LineStatus,
+    MetricsSnapshot,
+    Pong,
+    PurgeReply,
+    PurposeRetention,
+    RecordingRow,
+    RecordingsReply,
+    Reply,
+    RetentionReply,
+    StatusReply,
+    WorkerState,
 )
 
 
@@ -140,7 +158,7 @@ def test_an_unknown_op_is_named_as_such() -> None:
 
 
 def test_replies_follow_the_contract() -> None:
-    assert json.loads(ok_reply(call_id="c1")) == {"ok": True, "call_id": "c1"}
+    assert json.loads(ok_reply(CallReply("c1"))) == {"ok": True, "call_id": "c1"}
     assert json.loads(error_reply("no_call", "idle")) == {
         "ok": False,
         "error": {"code": "no_call", "message": "idle"},
@@ -434,21 +452,156 @@ def reply(**fields: object) -> bytes:
     return json.dumps(fields).encode()
 
 
-def test_an_ok_reply_is_its_fields() -> None:
-    assert parse_reply(ok_reply(call_id="c1")) == {"ok": True, "call_id": "c1"}
-    assert parse_reply(b'{"ok":true}') == {"ok": True}
+# One representative ok-reply of each op, as the daemon builds it.
+REPLIES: dict[type[Any], Reply] = {
+    Ping: Pong("0.1.0"),
+    Start: CallReply("20261129T055421Z-65d6bc9e"),
+    End: CallReply("c1"),
+    Mark: CallReply("c1"),
+    Pause: CallReply("c1"),
+    Resume: CallReply("c1"),
+    Status: StatusReply(
+        lines=(
+            LineStatus("desk-01", "c1", 2.26, True, "floor", 1, 0.5),
+            LineStatus("desk-02", None, 0.0, False, "floor"),
+        ),
+        devices=(DeviceState("floor", "running"),),
+        worker=WorkerState(None, 2),
+        encryption=Encryption(False, ("training",)),
+        metrics=MetricsSnapshot(taken="2026-11-29T05:54:21.000Z", devices={"floor": "lost"}),
+    ),
+    Recordings: RecordingsReply(
+        (
+            RecordingRow(
+                "c1",
+                "desk-01",
+                None,
+                "recordings/c1.flac.age",
+                {
+                    "escalation": PurposeRetention(None, False),
+                    "training": PurposeRetention("2027-03-01T05:54:24.386Z", True),
+                },
+                None,
+                True,
+            ),
+        )
+    ),
+    Resolve: RetentionReply("c1", "2027-03-01T05:54:24.386Z"),
+    Extend: RetentionReply("c1", "2027-03-01T05:54:24.386Z"),
+    Hold: CallReply("c1"),
+    Release: CallReply("c1"),
+    Erase: CallReply("c1"),
+    Purge: PurgeReply(("c1", "c2")),
+    Access: AccessReply("recordings/c1.flac.age", "ab" * 32),
+}
+
+
+def test_every_op_has_one_reply_type_and_the_type_checker_knows_it() -> None:
+    assert set(REPLIES) == set(ALL_TYPES)
+    for kind in ALL_TYPES:
+        # The run-time table and the static one (``class End(Asks[CallReply])``) agree.
+        (base,) = [b for b in kind.__orig_bases__ if typing.get_origin(b) is Asks]
+        (static,) = typing.get_args(base)
+        request: Any = examples(kind)[0]
+        assert reply_type(request) is static is type(REPLIES[kind]), kind
+
+
+@pytest.mark.parametrize("kind", ALL_TYPES, ids=lambda kind: kind.__name__)
+def test_every_ok_reply_round_trips_between_daemon_and_client(kind: type[Any]) -> None:
+    reply, request = REPLIES[kind], examples(kind)[0]
+    assert parse_reply(ok_reply(reply), reply_type(request)) == reply
+
+
+def test_ok_replies_on_the_wire_are_unchanged() -> None:
+    assert ok_reply(CallReply("c1")) == b'{"ok":true,"call_id":"c1"}'
+    assert ok_reply(Pong("0.1.0")) == b'{"ok":true,"version":"0.1.0"}'
+    assert ok_reply(PurgeReply(())) == b'{"ok":true,"deleted":[]}'
+    assert ok_reply(RetentionReply("c1", "T")) == b'{"ok":true,"call_id":"c1","retain_until":"T"}'
+    status = json.loads(ok_reply(REPLIES[Status]))
+    assert list(status) == ["ok", "lines", "devices", "worker", "encryption", "metrics"]
+    assert status["lines"][1] == {
+        "line": "desk-02",
+        "call_id": None,
+        "seconds": 0.0,
+        "marked": False,
+        "device": "floor",
+        "status_flags": 0,
+        "lost_seconds": 0.0,
+    }
+    assert status["worker"] == {"pid": None, "restarts": 2}
+    assert status["encryption"] == {"encrypted": False, "unencrypted_purposes": ["training"]}
+    # An agent's status: no floor-wide fields at all, not even as null.
+    agent = json.loads(ok_reply(StatusReply(lines=(), devices=())))
+    assert agent == {"ok": True, "lines": [], "devices": []}
+
+
+def test_a_newer_daemon_s_extra_fields_are_ignored_and_an_older_one_s_missing_ones_default() -> (
+    None
+):
+    newer = b'{"ok":true,"call_id":"c1","queue":3}'
+    assert parse_reply(newer, CallReply) == CallReply("c1")
+    older = b'{"ok":true,"lines":[{"line":"a","call_id":null,"seconds":0,"marked":false}]}'
+    assert parse_reply(older, StatusReply) == StatusReply((LineStatus("a", None, 0.0, False),))
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind", "why"),
+    [
+        (b'{"ok":true}', CallReply, "missing required field `call_id`"),
+        (b'{"ok":true,"call_id":null}', CallReply, "got `null` - at `$.call_id`"),
+        (b'{"ok":true,"call_id":7}', CallReply, "got `int` - at `$.call_id`"),
+        (b'{"ok":true,"deleted":"c1"}', PurgeReply, "at `$.deleted`"),
+        (b'{"ok":true,"path":"p"}', AccessReply, "missing required field `sha256`"),
+        (
+            b'{"ok":true,"lines":[{"line":"a","call_id":null,"seconds":"x","marked":false}]}',
+            StatusReply,
+            "at `$.lines[0].seconds`",
+        ),
+        (
+            b'{"ok":true,"lines":[],"worker":{"pid":true,"restarts":0}}',
+            StatusReply,
+            "at `$.worker.pid`",
+        ),
+        (
+            b'{"ok":true,"recordings":[{"call_id":"c"}]}',
+            RecordingsReply,
+            "at `$.recordings[0]`",
+        ),
+    ],
+)
+def test_a_malformed_ok_reply_names_its_field(frame: bytes, kind: type[Any], why: str) -> None:
+    with pytest.raises(ReplyError) as caught:
+        parse_reply(frame, kind)
+    assert why in str(caught.value)
+    assert f"does not hold a {kind.__name__}" in str(caught.value)
+    assert caught.value.exit_code == EXIT_REFUSED
+
+
+def test_the_documented_example_replies_are_what_the_client_reads() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+    examples = [json.loads(m) for m in re.findall(r"```json\n(\{.*\})\n```", text)]
+    kinds = {"lines": StatusReply, "recordings": RecordingsReply, "path": AccessReply}
+    read: list[Reply] = []
+    for example_reply in examples:
+        (kind,) = [kinds[key] for key in example_reply if key in kinds]
+        parsed = parse_reply(json.dumps(example_reply).encode(), kind)
+        assert not isinstance(parsed, Refusal)
+        # Nothing in the example that the client's type does not know (a stale doc).
+        assert json.loads(ok_reply(parsed)) == example_reply
+        read.append(parsed)
+    assert {type(r) for r in read} == set(kinds.values())
 
 
 @pytest.mark.parametrize("code", sorted(ERROR_CODES))
 def test_a_refusal_is_its_code_and_message(code: str) -> None:
-    refusal = parse_reply(error_reply(code, "no recording c1"))
+    refusal = parse_reply(error_reply(code, "no recording c1"), CallReply)
     assert refusal == Refusal(code, "no recording c1")
     assert isinstance(refusal, Refusal) and refusal.exit_code == EXIT_REFUSED
 
 
 def test_a_refusal_with_a_code_this_client_does_not_know_is_still_a_refusal() -> None:
     """A newer daemon may add error codes: the client passes them on, exit 1."""
-    refusal = parse_reply(reply(ok=False, error={"code": "gone", "message": "m"}))
+    refusal = parse_reply(reply(ok=False, error={"code": "gone", "message": "m"}), CallReply)
     assert refusal == Refusal("gone", "m")
     assert isinstance(refusal, Refusal) and refusal.exit_code == EXIT_REFUSED
 
@@ -477,19 +630,9 @@ def test_a_refusal_with_a_code_this_client_does_not_know_is_still_a_refusal() ->
 )
 def test_a_malformed_reply_is_a_clear_client_error(frame: bytes, why: str) -> None:
     with pytest.raises(ReplyError) as caught:
-        parse_reply(frame)
+        parse_reply(frame, CallReply)
     assert why in str(caught.value)
     assert isinstance(caught.value, ClientError) and caught.value.exit_code == EXIT_REFUSED
-
-
-def test_reply_field_names_what_is_missing_or_malformed() -> None:
-    assert reply_field({"ok": True, "call_id": "c1"}, "call_id", str) == "c1"
-    assert reply_field({"ok": True, "deleted": []}, "deleted", list) == []
-    for fields in ({"ok": True}, {"ok": True, "call_id": None}):
-        with pytest.raises(ReplyError, match=r"^the daemon's reply lacks 'call_id'$"):
-            reply_field(fields, "call_id", str)
-    with pytest.raises(ReplyError, match="malformed 'deleted'"):
-        reply_field({"ok": True, "deleted": "c1"}, "deleted", list)
 
 
 def test_the_exit_code_table_covers_every_error_code() -> None:

@@ -9,6 +9,7 @@ import pytest
 from hindsight.clock import iso
 from hindsight.commitlog import CommitLog
 from hindsight.errors import CommitLogError, ProtocolError
+from hindsight.replies import PurposeRetention, RecordingRow
 from hindsight.retention import Ledger, PurposeState, Terms, rebuild
 
 DAY = timedelta(days=1)
@@ -228,18 +229,18 @@ def test_a_recording_reads_as_the_recordings_reply_row() -> None:
     log.commit("c1", "training", "dispute")
     recording = log.ledger.get("c1")
     assert recording is not None
-    assert recording.to_json() == {
-        "call_id": "c1",
-        "line": "desk-01",
-        "agent": "ann",
-        "path": "recordings/2026/03/01/c1.flac",
-        "purposes": {
-            "training": {"retain_until": "2026-03-08T12:00:00.000Z", "resolved": False},
-            "dispute": {"retain_until": None, "resolved": False},
+    assert recording.row() == RecordingRow(
+        call_id="c1",
+        line="desk-01",
+        agent="ann",
+        path="recordings/2026/03/01/c1.flac",
+        purposes={
+            "training": PurposeRetention("2026-03-08T12:00:00.000Z", False),
+            "dispute": PurposeRetention(None, False),
         },
-        "retain_until": None,
-        "held": False,
-    }
+        retain_until=None,
+        held=False,
+    )
 
 
 def test_an_expired_deletion_before_due_is_premature() -> None:

@@ -14,6 +14,7 @@ from hindsight.daemon.lifecycle import Lifecycle
 from hindsight.daemon.pseudonym import Pseudonyms
 from hindsight.daemon.service import Service
 from hindsight.errors import CommitLogError
+from hindsight.replies import WorkerState
 from hindsight.retention import Ledger
 
 
@@ -38,8 +39,8 @@ class Ended:
     def submit(self, call: Call) -> None:
         self.calls.append(call)
 
-    def state(self) -> dict[str, Any]:
-        return {"pid": None, "restarts": 0}
+    def state(self) -> WorkerState:
+        return WorkerState(None, 0)
 
 
 def service(tmp_path: Path) -> tuple[Service, FullDiskLog, Ended]:

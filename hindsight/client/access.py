@@ -164,13 +164,12 @@ def locate(args: argparse.Namespace, state_dir: Path) -> Located:
     """Send ``access``: the daemon logs who opens CALL and why, then says where it is."""
     asked = Access(call_id=args.call, actor=actor_of(args), reason=args.reason)
     reply = send(endpoint_of(args), asked, args.timeout)
-    path, sha256 = reply.get("path"), reply.get("sha256")
-    if not isinstance(path, str) or not isinstance(sha256, str):
-        raise ClientError("the daemon's reply lacks 'path' or 'sha256'", EXIT_REFUSED)
-    file = inside(state_dir, path)
+    file = inside(state_dir, reply.path)
     if file is None:
-        raise ClientError(f"the daemon named a path outside recordings/: {path!r}", EXIT_REFUSED)
-    return Located(args.call, file, sha256.lower())
+        raise ClientError(
+            f"the daemon named a path outside recordings/: {reply.path!r}", EXIT_REFUSED
+        )
+    return Located(args.call, file, reply.sha256.lower())
 
 
 class _Hashing(io.RawIOBase):

@@ -13,9 +13,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from hindsight import __version__, audit
+from hindsight import __version__, audit, replies
 from hindsight.client import access, curve, hotkey, simulate
 from hindsight.client.options import (
     actor_of,
@@ -28,6 +28,7 @@ from hindsight.client.options import (
 from hindsight.client.transport import send
 from hindsight.errors import ClientError, HindsightError
 from hindsight.protocol import (
+    Asks,
     End,
     Erase,
     Extend,
@@ -38,31 +39,38 @@ from hindsight.protocol import (
     Purge,
     Recordings,
     Release,
-    Request,
     Resolve,
     Resume,
     Start,
     Status,
-    reply_field,
 )
+from hindsight.replies import CallReply, RecordingRow, Reply, RetentionReply, StatusReply
 
 Command = Callable[[argparse.Namespace], int]
 Adder = Callable[[str, Command, str], argparse.ArgumentParser]
 
 
-def call(args: argparse.Namespace, request: Request) -> dict[str, Any]:
+R = TypeVar("R", bound=Reply)
+
+
+def call(args: argparse.Namespace, request: Asks[R]) -> R:
     return send(endpoint_of(args), request, args.timeout)
 
 
-def _answer(args: argparse.Namespace, request: Request, key: str) -> int:
-    """Send ``request`` and print the reply's ``key``: a call id, a retention date."""
-    print(reply_field(call(args, request), key, str))
+def _answer(args: argparse.Namespace, request: Asks[CallReply]) -> int:
+    """Send ``request`` and print the id of the call it was about."""
+    print(call(args, request).call_id)
+    return 0
+
+
+def _retention(args: argparse.Namespace, request: Asks[RetentionReply]) -> int:
+    """Send ``request`` and print the purpose's new end of retention."""
+    print(call(args, request).retain_until)
     return 0
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
-    reply = call(args, Ping())
-    print(f"hindsightd {reply.get('version', '?')} is up")
+    print(f"hindsightd {call(args, Ping()).version} is up")
     return 0
 
 
@@ -76,24 +84,24 @@ def cmd_start(args: argparse.Namespace) -> int:
         caller=args.caller,
         announced=() if args.announce_none else announced,
     )
-    return _answer(args, start, "call_id")
+    return _answer(args, start)
 
 
 def cmd_end(args: argparse.Namespace) -> int:
-    return _answer(args, End(line=args.line), "call_id")
+    return _answer(args, End(line=args.line))
 
 
 def cmd_mark(args: argparse.Namespace) -> int:
     mark = Mark(line=args.line, purpose=args.purpose, note=args.note, call_id=args.call_id)
-    return _answer(args, mark, "call_id")
+    return _answer(args, mark)
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    return _answer(args, Pause(line=args.line), "call_id")
+    return _answer(args, Pause(line=args.line))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    return _answer(args, Resume(line=args.line), "call_id")
+    return _answer(args, Resume(line=args.line))
 
 
 def _by(args: argparse.Namespace) -> dict[str, str]:
@@ -103,103 +111,101 @@ def _by(args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     resolve = Resolve(call_id=args.call, purpose=args.purpose, **_by(args))
-    return _answer(args, resolve, "retain_until")
+    return _retention(args, resolve)
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
     extend = Extend(call_id=args.call, purpose=args.purpose, days=args.days, **_by(args))
-    return _answer(args, extend, "retain_until")
+    return _retention(args, extend)
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
-    return _answer(args, Hold(call_id=args.call, **_by(args)), "call_id")
+    return _answer(args, Hold(call_id=args.call, **_by(args)))
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    return _answer(args, Release(call_id=args.call, **_by(args)), "call_id")
+    return _answer(args, Release(call_id=args.call, **_by(args)))
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    return _answer(args, Erase(call_id=args.call, **_by(args)), "call_id")
+    return _answer(args, Erase(call_id=args.call, **_by(args)))
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    deleted = reply_field(call(args, Purge(dry_run=args.dry_run)), "deleted", list)
-    print("\n".join(map(str, deleted)) if deleted else "no recording is due")
+    deleted = call(args, Purge(dry_run=args.dry_run)).deleted
+    print("\n".join(deleted) if deleted else "no recording is due")
     return 0
 
 
 def cmd_recordings(args: argparse.Namespace) -> int:
-    recordings = reply_field(
-        call(args, Recordings(purpose=args.purpose, caller=args.caller)), "recordings", list
-    )
-    print(json.dumps(recordings, indent=2) if args.json else render_recordings(recordings))
+    reply = call(args, Recordings(purpose=args.purpose, caller=args.caller))
+    if args.json:
+        print(json.dumps(replies.encode(reply)["recordings"], indent=2))
+    else:
+        print(render_recordings(reply.recordings))
     return 0
 
 
-def render_recordings(recordings: Sequence[dict[str, Any]]) -> str:
+def render_recordings(recordings: Sequence[RecordingRow]) -> str:
     """One row per purpose of each recording, so that a call id finds all of its rows."""
     if not recordings:
         return "no recordings"
     rows = [("CALL", "LINE", "AGENT", "PURPOSE", "RETAIN UNTIL", "RESOLVED", "HELD")]
     for rec in recordings:
-        common = (str(rec.get("call_id")), str(rec.get("line")), rec.get("agent") or "-")
-        held = "yes" if rec.get("held") else "no"
-        for name, purpose in sorted((rec.get("purposes") or {"-": {}}).items()):
-            until = purpose.get("retain_until") or "-"
-            resolved = "yes" if purpose.get("resolved") else "no"
-            rows.append((*common, name, str(until), resolved, held))
+        common = (rec.call_id, rec.line, rec.agent or "-")
+        held = "yes" if rec.held else "no"
+        if not rec.purposes:
+            rows.append((*common, "-", "-", "no", held))
+        for name, purpose in sorted(rec.purposes.items()):
+            resolved = "yes" if purpose.resolved else "no"
+            rows.append((*common, name, purpose.retain_until or "-", resolved, held))
     return _table(rows)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     reply = call(args, Status())
-    if args.json:
-        print(json.dumps({k: v for k, v in reply.items() if k != "ok"}, indent=2))
-    else:
-        print(render_status(reply))
+    print(json.dumps(replies.encode(reply), indent=2) if args.json else render_status(reply))
     return 0
 
 
-def render_status(reply: dict[str, Any]) -> str:
+def render_status(reply: StatusReply) -> str:
     rows = [("LINE", "DEVICE", "CALL", "SECONDS", "MARKED", "FLAGGED", "LOST S")]
-    for line in reply.get("lines", []):
+    for line in reply.lines:
         rows.append(
             (
-                line["line"],
-                str(line.get("device", "")),
-                line["call_id"] or "-",
-                f"{line['seconds']:.1f}" if line["call_id"] else "-",
-                "yes" if line["marked"] else "no",
-                str(line.get("status_flags", 0)),
-                f"{line.get('lost_seconds', 0):.1f}",
+                line.line,
+                line.device,
+                line.call_id or "-",
+                f"{line.seconds:.1f}" if line.call_id else "-",
+                "yes" if line.marked else "no",
+                str(line.status_flags),
+                f"{line.lost_seconds:.1f}",
             )
         )
     text = _table(rows)
-    devices = reply.get("devices", [])
-    if devices:
+    if reply.devices:
         text += "\n\n" + _table(
-            [("DEVICE", "STATE")] + [(d["device"], d["state"]) for d in devices]
+            [("DEVICE", "STATE")] + [(d.device, d.state) for d in reply.devices]
         )
-    worker = reply.get("worker")
-    if worker:
-        pid = worker["pid"] if worker["pid"] is not None else "restarting"
-        text += f"\n\nworker: pid {pid}, {worker['restarts']} restart(s)"
-    metrics = reply.get("metrics")
-    if metrics and metrics.get("taken"):
+    worker = reply.worker
+    if worker is not None:
+        pid = worker.pid if worker.pid is not None else "restarting"
+        text += f"\n\nworker: pid {pid}, {worker.restarts} restart(s)"
+    metrics = reply.metrics
+    if metrics is not None and metrics.taken:
         text += (
-            f"\npool: {metrics['pool_free']} of {metrics['pool_chunks']} chunks free, "
-            f"{metrics['pool_steals']} taken from live calls, "
-            f"{metrics['dropped_frames']} frames dropped; worker backlog {metrics['backlog']}, "
-            f"{metrics['store_failures']} failed job(s)"
+            f"\npool: {metrics.pool_free} of {metrics.pool_chunks} chunks free, "
+            f"{metrics.pool_steals} taken from live calls, "
+            f"{metrics.dropped_frames} frames dropped; worker backlog {metrics.backlog}, "
+            f"{metrics.store_failures} failed job(s)"
         )
-        if metrics.get("last_store_error"):
-            text += f"\nlast store error ({metrics['last_store_error_at']}): "
-            text += metrics["last_store_error"]
-        text += f"\n(figures of {metrics['taken']})"
-    bare = (reply.get("encryption") or {}).get("unencrypted_purposes")
-    if bare:
-        text += f"\nNOT ENCRYPTED: recordings kept for {', '.join(bare)}"
+        if metrics.last_store_error:
+            text += f"\nlast store error ({metrics.last_store_error_at}): "
+            text += metrics.last_store_error
+        text += f"\n(figures of {metrics.taken})"
+    if reply.encryption is not None and reply.encryption.unencrypted_purposes:
+        bare = ", ".join(reply.encryption.unencrypted_purposes)
+        text += f"\nNOT ENCRYPTED: recordings kept for {bare}"
     return text
 
 

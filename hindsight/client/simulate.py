@@ -12,7 +12,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from hindsight.client.options import endpoint_of
 from hindsight.client.transport import send
@@ -23,10 +22,8 @@ from hindsight.protocol import (
     EXIT_USAGE,
     End,
     Mark,
-    Request,
     Start,
     Status,
-    reply_field,
 )
 
 
@@ -81,20 +78,17 @@ class Floor:
                 self._report(f"{plan.line}  failed: {exc}", None)
 
     def _one_call(self, plan: Plan) -> str:
-        reply = self._send(Start(line=plan.line, agent=plan.agent))
+        call_id = send(self.endpoint, Start(line=plan.line, agent=plan.agent), self.timeout).call_id
         try:
             if plan.mark_at is not None:
                 time.sleep(plan.mark_at)
-                self._send(Mark(line=plan.line, note="simulated escalation"))
+                send(self.endpoint, Mark(line=plan.line, note="simulated escalation"), self.timeout)
                 time.sleep(plan.seconds - plan.mark_at)
             else:
                 time.sleep(plan.seconds)
         finally:
-            self._send(End(line=plan.line))
-        return str(reply_field(reply, "call_id", str))
-
-    def _send(self, request: Request) -> dict[str, Any]:
-        return send(self.endpoint, request, self.timeout)
+            send(self.endpoint, End(line=plan.line), self.timeout)
+        return call_id
 
     def _report(self, text: str, mark_at: float | None) -> None:
         with self._lock:
@@ -109,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
             "--calls and --lines must be >= 1, 0 < --min-seconds <= --max-seconds", EXIT_USAGE
         )
     endpoint = endpoint_of(args)
-    lines = reply_field(send(endpoint, Status(), args.timeout), "lines", list)
-    idle = [line["line"] for line in lines if line["call_id"] is None]
+    lines = send(endpoint, Status(), args.timeout).lines
+    idle = [line.line for line in lines if line.call_id is None]
     if len(idle) < args.lines:
         raise ClientError(
             f"the daemon has {len(idle)} idle lines, --lines asks for {args.lines}", EXIT_REFUSED

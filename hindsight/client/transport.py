@@ -10,28 +10,31 @@ plain ``str`` everywhere else, so every command takes ``--server-key`` and
 ``--client-key`` alike. The daemon never answers a key it does not know, so a
 refused key looks like an unreachable daemon; the message says so.
 
-Requests are ``hindsight.protocol``'s dataclasses, sent with ``send``; replies are read
-with ``protocol.parse_reply``, and a refusal's exit code comes from ``protocol.EXIT_CODES``.
+Requests are ``hindsight.protocol``'s dataclasses, sent with ``send``, which returns the
+op's typed reply (``hindsight.replies``), checked field by field; a refusal is raised as
+``Refused``, its exit code from ``protocol.EXIT_CODES``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import zmq
 
 from hindsight.errors import ClientError
+from hindsight.protocol import EXIT_REFUSED as EXIT_REFUSED  # for the client's modules
+from hindsight.protocol import EXIT_UNREACHABLE as EXIT_UNREACHABLE
 from hindsight.protocol import (
-    EXIT_CODES,
+    Asks,
     Refusal,
     ReplyError,
     Request,
     encode_request,
     parse_reply,
+    reply_type,
 )
-from hindsight.protocol import EXIT_REFUSED as EXIT_REFUSED  # for the client's modules
-from hindsight.protocol import EXIT_UNREACHABLE as EXIT_UNREACHABLE
+from hindsight.replies import Reply
 
 
 @dataclass(frozen=True)
@@ -57,29 +60,30 @@ class Endpoint(str):
         return endpoint
 
 
+R = TypeVar("R", bound=Reply)
+
+
 class Refused(ClientError):
-    """The daemon answered ``ok: false``; the exit code is ``EXIT_CODES``'s for ``code``."""
+    """The daemon answered ``ok: false``; the exit code is ``EXIT_CODES``'s for its code."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{message} ({code})", EXIT_CODES[code])
-        self.code = code
-
-
-def send(endpoint: str, request: Request, timeout: float) -> dict[str, Any]:
-    """Send ``request``; return the reply's fields when ok, raise ``Refused`` or
-    ``ClientError`` else."""
-    return _answer(endpoint, encode_request(request), timeout)
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(f"{refusal.message} ({refusal.code})", refusal.exit_code)
+        self.code = refusal.code
 
 
-def _answer(endpoint: str, frame: bytes, timeout: float) -> dict[str, Any]:
+def send(endpoint: str, request: Asks[R], timeout: float) -> R:
+    """Send ``request``; return its ok-reply, or raise ``Refused`` or ``ClientError``."""
+    kind = reply_type(request)
+    assert isinstance(request, Request)
+    frame = _exchange(endpoint, encode_request(request), timeout)
     try:
-        reply = parse_reply(_exchange(endpoint, frame, timeout))
+        reply = parse_reply(frame, kind)
     except ReplyError as exc:
         raise ClientError(
             f"the daemon at {endpoint} sent a malformed reply ({exc})", exc.exit_code
         ) from None
     if isinstance(reply, Refusal):
-        raise Refused(reply.code, reply.message)
+        raise Refused(reply)
     return reply
 
 

@@ -38,6 +38,7 @@ from hindsight.clock import utcnow
 from hindsight.config import Config, LineConfig
 from hindsight.daemon.buffer import CallBuffer, Int16Array, Pool
 from hindsight.errors import ProtocolError
+from hindsight.replies import LineStatus
 
 
 @dataclass(frozen=True)
@@ -88,17 +89,6 @@ class Call:
 
     def seconds(self) -> float:
         return self.buffer.total_frames / self.samplerate
-
-
-@dataclass(frozen=True)
-class LineStatus:
-    line: str
-    device: str
-    call_id: str | None
-    seconds: float
-    marked: bool
-    status_flags: int
-    lost_seconds: float
 
 
 @dataclass(frozen=True)
@@ -469,10 +459,10 @@ class CallTable:
     @staticmethod
     def _line_status(line: LineConfig, seen: LineSnapshot | None) -> LineStatus:
         if seen is None:
-            return LineStatus(line.name, line.device, None, 0.0, False, 0, 0.0)
+            return LineStatus(line.name, None, 0.0, False, line.device)
         call_id, frames, marked, flags, gap_frames, rate = seen
         seconds, lost = round(frames / rate, 3), round(gap_frames / rate, 3)
-        return LineStatus(line.name, line.device, call_id, seconds, marked, flags, lost)
+        return LineStatus(line.name, call_id, seconds, marked, line.device, flags, lost)
 
     # -- audio thread -------------------------------------------------------
 

@@ -63,6 +63,7 @@ from hindsight.daemon.kept import Keep, describe, reasons
 from hindsight.daemon.memory import PoolMemory
 from hindsight.errors import HindsightError
 from hindsight.record import Committed
+from hindsight.replies import WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -293,13 +294,13 @@ class Keeper:
         state = self._state
         return len(state.waiting) + len(state.ready) + len(state.retries)
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> WorkerState:
         """For ``status``: the worker's pid (None while it restarts) and its restarts so far.
 
         Nothing about jobs: how long the worker is busy would tell kept calls from wiped ones.
         """
         link = self._link
-        return {"pid": link.handle.pid if link is not None else None, "restarts": self.restarts}
+        return WorkerState(link.handle.pid if link is not None else None, self.restarts)
 
     # -- the keeper thread --------------------------------------------------
 

@@ -38,6 +38,7 @@ from hindsight.daemon.pseudonym import Pseudonyms
 from hindsight.durable import fsync_dir
 from hindsight.errors import ProtocolError
 from hindsight.layout import inside, sidecar_path
+from hindsight.replies import RecordingRow
 from hindsight.retention import Ledger, Recording, Terms
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,11 @@ class Lifecycle:
     def _applied(self, entry: Mapping[str, Any]) -> None:
         self.ledger.apply(entry)  # under the log's lock, before anyone else may read the ledger
 
-    def recordings(self, purpose: str | None, caller: str | None) -> list[dict[str, Any]]:
+    def recordings(self, purpose: str | None, caller: str | None) -> list[RecordingRow]:
         caller_ref = None if caller is None else self.pseudonyms.ref(caller)
         with self.log.still():
             found = self.ledger.recordings(purpose, caller_ref)
-            return [recording.to_json() for recording in found]
+            return [recording.row() for recording in found]
 
     def resolve(self, call_id: str, purpose: str, actor: str, reason: str) -> str:
         with self.log.still():

@@ -50,7 +50,7 @@ from hindsight.daemon.host import UMASK, check_host, make_state_dir
 from hindsight.daemon.keeper import Keeper, process_spawner
 from hindsight.daemon.lifecycle import Lifecycle, finish_deletions
 from hindsight.daemon.memory import PoolMemory
-from hindsight.daemon.metrics import Metrics, Snapshot
+from hindsight.daemon.metrics import Metrics
 from hindsight.daemon.pseudonym import Pseudonyms
 from hindsight.daemon.recovery import settle_open_calls
 from hindsight.daemon.reload import refusals
@@ -58,6 +58,7 @@ from hindsight.daemon.server import ClientKeys, ControlServer, Curve, load_serve
 from hindsight.daemon.service import Service
 from hindsight.daemon.sources import Source, loop_source
 from hindsight.errors import ConfigError, HindsightError
+from hindsight.replies import MetricsSnapshot
 from hindsight.retention import rebuild
 
 log = logging.getLogger("hindsight.daemon")
@@ -259,11 +260,11 @@ class Daemon:
                 log.warning("%s received: ignored (SIGTERM stops the daemon, SIGHUP reloads)", name)
         return False
 
-    def _snapshot(self) -> Snapshot:
+    def _snapshot(self) -> MetricsSnapshot:
         parts = self._parts
         table, keeper = parts.table, parts.keeper
         error = keeper.last_error
-        return Snapshot(
+        return MetricsSnapshot(
             taken=iso(utcnow()),
             pool_chunks=table.pool.size,
             pool_free=table.pool.free,
@@ -281,7 +282,7 @@ class Daemon:
     def _status_line(self) -> str:
         parts = self._parts
         live = parts.table.live_count()
-        pid = parts.keeper.state()["pid"]
+        pid = parts.keeper.state().pid
         worker = f"worker pid {pid}" if pid is not None else "worker restarting"
         return f"{live} live call(s) on {len(self.config.lines)} line(s); {worker}"
 

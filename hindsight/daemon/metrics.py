@@ -16,33 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from hindsight.replies import MetricsSnapshot
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    taken: str | None = None  # UTC, ISO 8601: when these figures were read
-    pool_chunks: int = 0
-    pool_free: int = 0
-    pool_steals: int = 0  # chunks taken from live calls because the pool ran dry
-    dropped_frames: int = 0  # frames no chunk at all could hold
-    live_calls: int = 0
-    worker_restarts: int = 0
-    backlog: int = 0  # jobs waiting for the worker (writes, wipes, deletions) and retries
-    store_failures: int = 0  # jobs the worker could not do (a full disk...), retried since
-    last_store_error: str | None = None
-    last_store_error_at: str | None = None
-    devices: Mapping[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["devices"] = dict(self.devices)
-        return data
 
 
 _METRICS = (
@@ -57,7 +36,7 @@ _METRICS = (
 )
 
 
-def prometheus(snapshot: Snapshot) -> str:
+def prometheus(snapshot: MetricsSnapshot) -> str:
     lines = []
     for name, kind, text in _METRICS:
         lines += [
@@ -82,12 +61,12 @@ class Metrics:
     """Takes a snapshot every ``interval`` seconds (from the main loop); writes the textfile."""
 
     def __init__(
-        self, read: Callable[[], Snapshot], interval: float, textfile: Path | None
+        self, read: Callable[[], MetricsSnapshot], interval: float, textfile: Path | None
     ) -> None:
         self.read = read
         self.interval = interval
         self.textfile = textfile
-        self.snapshot = Snapshot()
+        self.snapshot = MetricsSnapshot()
         self.next = 0.0
         self._warned = False
 

@@ -43,6 +43,7 @@ from hindsight.protocol import (
     Start,
     Status,
 )
+from hindsight.replies import Reply, StatusReply
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ ALLOWED: Mapping[str, frozenset[type[Any]]] = {
 }
 DENIED = "this client may not send this request"
 
-Op = Callable[[Any], dict[str, Any]]
+Op = Callable[[Any], Reply]
 
 
 class EventLog(Protocol):
@@ -79,9 +80,7 @@ def allows(client: ClientConfig, request: Request) -> bool:
     return client.role != "agent" or line is None or line in client.lines
 
 
-def run(
-    config: Config, events: EventLog, user_id: str | None, request: Request, op: Op
-) -> dict[str, Any]:
+def run(config: Config, events: EventLog, user_id: str | None, request: Request, op: Op) -> Reply:
     """Check ``request`` from ``user_id`` (None: the local control socket), then run ``op``.
 
     ProtocolError ``not_allowed`` (logged as ``access_denied`` first) when it may not.
@@ -98,19 +97,18 @@ def run(
         log.info("refused %s from client %s", protocol.op_name(request), name)
         raise ProtocolError("not_allowed", DENIED)
     reply = op(request)
-    if client.role == "agent" and isinstance(request, Status):
+    if client.role == "agent" and isinstance(reply, StatusReply):
         return own_lines(reply, client.lines)
     return reply
 
 
-def own_lines(reply: dict[str, Any], lines: tuple[str, ...]) -> dict[str, Any]:
+def own_lines(reply: StatusReply, lines: tuple[str, ...]) -> StatusReply:
     """A ``status`` reply cut down to ``lines`` and the devices they are captured from.
 
     Nothing else: what is about the whole floor (the worker, figures of the pool and of
     the work behind ended calls) is not an agent's, and a field added to ``status`` later
     stays hidden from agents until it is added here.
     """
-    rows = [row for row in reply.get("lines", []) if row.get("line") in lines]
-    devices = {row.get("device") for row in rows}
-    shown = [d for d in reply.get("devices", []) if d.get("device") in devices]
-    return {"lines": rows, "devices": shown}
+    rows = tuple(row for row in reply.lines if row.line in lines)
+    devices = {row.device for row in rows}
+    return StatusReply(rows, tuple(d for d in reply.devices if d.device in devices))

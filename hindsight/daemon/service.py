@@ -41,6 +41,19 @@ from hindsight.protocol import (
     ok_reply,
     parse_request,
 )
+from hindsight.replies import (
+    AccessReply,
+    CallReply,
+    DeviceState,
+    Encryption,
+    Pong,
+    PurgeReply,
+    RecordingsReply,
+    Reply,
+    RetentionReply,
+    StatusReply,
+    WorkerState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +63,7 @@ class Settler(Protocol):
 
     def submit(self, call: Call) -> None: ...
 
-    def state(self) -> dict[str, Any]: ...
+    def state(self) -> WorkerState: ...
 
 
 class Service:
@@ -71,7 +84,7 @@ class Service:
         self.device_states = device_states
         self.metrics: Metrics | None = None  # set by the daemon's main loop
         self.accepting = True
-        self._ops: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
+        self._ops: dict[type[Any], Callable[[Any], Reply]] = {
             Ping: self._ping,
             Start: self._start,
             End: self._end,
@@ -94,22 +107,22 @@ class Service:
         on the local control socket."""
         try:
             request = parse_request(frame)
-            return ok_reply(**self._dispatch(request, client))
+            return ok_reply(self._dispatch(request, client))
         except ProtocolError as exc:
             return error_reply(exc.code, exc.message)
         except HindsightError as exc:
             log.error("request failed: %s", exc)
             return error_reply("internal", str(exc))
 
-    def _dispatch(self, request: Request, client: str | None) -> dict[str, Any]:
+    def _dispatch(self, request: Request, client: str | None) -> Reply:
         if not self.accepting and not isinstance(request, Ping | Status):
             raise ProtocolError("not_allowed", "the daemon is shutting down")
         return rights.run(self.config, self.log, client, request, self._ops[type(request)])
 
-    def _ping(self, request: Ping) -> dict[str, Any]:
-        return {"version": __version__}
+    def _ping(self, request: Ping) -> Pong:
+        return Pong(version=__version__)
 
-    def _start(self, request: Start) -> dict[str, Any]:
+    def _start(self, request: Start) -> CallReply:
         for name in request.announced or ():
             self._declared(name)
         call = self.table.start(request.line, request.call_id, request.agent, request.announced)
@@ -133,17 +146,17 @@ class Service:
             log.error("refused call on %s: %s", request.line, exc)
             raise ProtocolError("internal", "the commit log cannot be written") from exc
         log.info("call %s started on %s", call.call_id, call.line.name)
-        return {"call_id": call.call_id}
+        return CallReply(call.call_id)
 
-    def _end(self, request: End) -> dict[str, Any]:
+    def _end(self, request: End) -> CallReply:
         # Every call lingers alike, kept or not: a mark may still keep it for
         # marking.grace_seconds, and its wipe or commit waits as long (the keeper).
         call = self.table.end(request.line, linger=True)
         self.keeper.submit(call)
         log.info("call %s ended on %s", call.call_id, call.line.name)
-        return {"call_id": call.call_id}
+        return CallReply(call.call_id)
 
-    def _mark(self, request: Mark) -> dict[str, Any]:
+    def _mark(self, request: Mark) -> CallReply:
         purpose = self._declared(request.purpose or self.config.marking.purpose)
         # The live call, or one that hung up within marking.grace_seconds. Claimed: the keeper
         # does not take it until the mark is in the log, so the log shows it before the outcome.
@@ -175,84 +188,71 @@ class Service:
             self.table.unclaim(call)
             raise
         self.table.add_mark(call, purpose, request.note)
-        return {"call_id": call.call_id}
+        return CallReply(call.call_id)
 
-    def _pause(self, request: Pause) -> dict[str, Any]:
+    def _pause(self, request: Pause) -> CallReply:
         return self._pause_or_resume(self.table.pause(request.line), "call_paused")
 
-    def _resume(self, request: Resume) -> dict[str, Any]:
+    def _resume(self, request: Resume) -> CallReply:
         return self._pause_or_resume(self.table.resume(request.line), "call_resumed")
 
-    def _pause_or_resume(self, call: Call, event: str) -> dict[str, Any]:
+    def _pause_or_resume(self, call: Call, event: str) -> CallReply:
         # In effect before it is logged: a pause protects the caller (a card number), so a
         # log that cannot be written must not hold it up; the reply then says so.
         self.log.append(event, call_id=call.call_id, line=call.line.name)
         log.info("call %s %s", call.call_id, event.removeprefix("call_"))
-        return {"call_id": call.call_id}
+        return CallReply(call.call_id)
 
-    def _recordings(self, request: Recordings) -> dict[str, Any]:
-        return {"recordings": self.lifecycle.recordings(request.purpose, request.caller)}
+    def _recordings(self, request: Recordings) -> RecordingsReply:
+        return RecordingsReply(tuple(self.lifecycle.recordings(request.purpose, request.caller)))
 
-    def _resolve(self, request: Resolve) -> dict[str, Any]:
+    def _resolve(self, request: Resolve) -> RetentionReply:
         until = self.lifecycle.resolve(
             request.call_id, request.purpose, request.actor, request.reason
         )
-        return {"call_id": request.call_id, "retain_until": until}
+        return RetentionReply(request.call_id, until)
 
-    def _extend(self, request: Extend) -> dict[str, Any]:
+    def _extend(self, request: Extend) -> RetentionReply:
         until = self.lifecycle.extend(
             request.call_id, request.purpose, request.days, request.actor, request.reason
         )
-        return {"call_id": request.call_id, "retain_until": until}
+        return RetentionReply(request.call_id, until)
 
-    def _hold(self, request: Hold) -> dict[str, Any]:
+    def _hold(self, request: Hold) -> CallReply:
         self.lifecycle.hold(request.call_id, request.actor, request.reason)
-        return {"call_id": request.call_id}
+        return CallReply(request.call_id)
 
-    def _release(self, request: Release) -> dict[str, Any]:
+    def _release(self, request: Release) -> CallReply:
         self.lifecycle.release(request.call_id, request.actor, request.reason)
-        return {"call_id": request.call_id}
+        return CallReply(request.call_id)
 
-    def _erase(self, request: Erase) -> dict[str, Any]:
+    def _erase(self, request: Erase) -> CallReply:
         self.lifecycle.erase(request.call_id, request.actor, request.reason)
-        return {"call_id": request.call_id}
+        return CallReply(request.call_id)
 
-    def _purge(self, request: Purge) -> dict[str, Any]:
-        return {"deleted": self.lifecycle.purge(request.dry_run)}
+    def _purge(self, request: Purge) -> PurgeReply:
+        return PurgeReply(tuple(self.lifecycle.purge(request.dry_run)))
 
-    def _access(self, request: Access) -> dict[str, Any]:
+    def _access(self, request: Access) -> AccessReply:
         # Logged first: nobody learns where a recording is unless the log says who and why.
         recording = self.lifecycle.access(request.call_id, request.actor, request.reason)
-        return {"path": recording.path, "sha256": recording.sha256}
+        return AccessReply(recording.path, recording.sha256)
 
     def _declared(self, purpose: str) -> str:
         if self.config.purpose(purpose) is None:
             raise ProtocolError("unknown_purpose", f"purpose {purpose} is not declared")
         return purpose
 
-    def _status(self, request: Status) -> dict[str, Any]:
-        lines = [
-            {
-                "line": s.line,
-                "call_id": s.call_id,
-                "seconds": s.seconds,
-                "marked": s.marked,
-                "device": s.device,
-                "status_flags": s.status_flags,
-                "lost_seconds": s.lost_seconds,
-            }
-            for s in self.table.status()
-        ]
-        devices = [{"device": name, "state": state} for name, state in self.device_states().items()]
+    def _status(self, request: Status) -> StatusReply:
         bare = self.config.unencrypted()
-        encryption = {"encrypted": not bare, "unencrypted_purposes": bare}
-        return {
-            "lines": lines,
-            "devices": devices,
-            "worker": self.keeper.state(),
-            "encryption": encryption,
-            "metrics": None if self.metrics is None else self.metrics.snapshot.to_json(),
-        }
+        devices = tuple(DeviceState(name, state) for name, state in self.device_states().items())
+        return StatusReply(
+            lines=tuple(self.table.status()),
+            devices=devices,
+            worker=self.keeper.state(),
+            encryption=Encryption(not bare, tuple(bare)),
+            metrics=None if self.metrics is None else self.metrics.snapshot,
+        )
 
     def end_all(self) -> None:
         """Stop taking calls and hand every live call to the keeper."""
