@@ -77,6 +77,14 @@ def test_a_streamed_flac_is_the_audio_and_says_its_length(frames: int) -> None:
     assert rate == RATE and np.array_equal(decoded, audio)
 
 
+@pytest.mark.parametrize("channels", [1, 3, 8])
+def test_a_line_of_up_to_8_channels_streams_to_an_exact_flac(channels: int) -> None:
+    # 8 is the most a line may have (config refuses 9): FLAC's own limit.
+    audio = noise(20_000, channels)
+    decoded, _ = sf.read(io.BytesIO(flac_of(audio)), dtype="int16", always_2d=True)
+    assert decoded.shape == (20_000, channels) and np.array_equal(decoded, audio)
+
+
 def test_a_call_without_audio_is_still_a_flac_file() -> None:
     data = flac_of(noise(0))
     assert data[:4] == b"fLaC"
