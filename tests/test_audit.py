@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from hindsight.audit import report, verify
+from hindsight.audit.text import render
 from hindsight.commitlog import GENESIS, CommitLog, entry_hash
 from hindsight.errors import CommitLogError
 
@@ -576,7 +577,7 @@ def test_report_counts_an_open_call(tmp_path: Path) -> None:
 
 def test_render_shows_the_figures_in_aligned_tables(tmp_path: Path) -> None:
     build_state(tmp_path)
-    text = report(tmp_path, NOW).render()
+    text = render(report(tmp_path, NOW))
     for heading in ("Totals", "Commits by reason", "Commits by purpose", "Per line", "Per agent"):
         assert f"\n{heading}\n" in text
     before_retention = text.split("\nRetention by purpose\n")[0]
@@ -638,7 +639,7 @@ def test_the_report_shows_retention_by_purpose_and_who_deleted_what(tmp_path: Pa
         "log_line": 23, "call_id": "c7", "why": "expired", "time": times[22],
         "actor": None, "reason": None, "premature": False,
     }  # fmt: skip
-    text = report(tmp_path, NOW).render()
+    text = render(report(tmp_path, NOW))
     for heading in ("Retention by purpose", "Retention totals", "Deletions"):
         assert f"\n{heading}\n" in text
     assert "\nretention as of  2026-11-29T00:00:00.000Z\n" in text

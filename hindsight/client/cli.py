@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hindsight import __version__, audit, replies
+from hindsight.audit import text as audit_text
 from hindsight.client import access, curve, hotkey, simulate
 from hindsight.client.options import (
     actor_of,
@@ -240,7 +241,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_audit_report(args: argparse.Namespace) -> int:
     result = audit.report(Path(args.state_dir))
-    print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
+    print(json.dumps(result.to_json(), indent=2) if args.json else audit_text.render(result))
     return 0
 
 

@@ -1,0 +1,386 @@
+"""``report``: figures over the whole log (what was committed, wiped, deleted and opened,
+and why), as JSON; ``hindsight.audit.text`` renders them.
+
+``report`` refuses a log whose chain is broken: figures from a tampered log would mislead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hindsight.audit.common import DELETION_WHYS, NO_AGENT, REASONS, UNKNOWN, iso_or_none
+from hindsight.clock import iso, utcnow
+from hindsight.commitlog import LOG_NAME, OUTCOME_EVENTS, read_chain
+from hindsight.errors import CommitLogError
+from hindsight.retention import Deletion, Ledger, Recording
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What happened to the calls of one group (all, one line, one agent).
+
+    ``lost_in_crash`` is the part of ``wiped`` closed by a restarted daemon; ``open`` counts
+    calls still without outcome; ``by_purpose`` counts a commit once for each of its purposes;
+    ``seconds_kept`` sums committed calls, also those whose recording was deleted since;
+    ``rolled_seconds`` is the audio lost to rolling in committed calls.
+    """
+
+    started: int
+    committed: int
+    wiped: int
+    lost_in_crash: int
+    deleted: int
+    open: int
+    by_reason: Mapping[str, int]
+    by_purpose: Mapping[str, int]
+    seconds_kept: float
+    seconds_wiped: float
+    rolled_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "committed": self.committed,
+            "wiped": self.wiped,
+            "lost_in_crash": self.lost_in_crash,
+            "deleted": self.deleted,
+            "open": self.open,
+            "by_reason": dict(self.by_reason),
+            "by_purpose": dict(self.by_purpose),
+            "seconds_kept": self.seconds_kept,
+            "seconds_wiped": self.seconds_wiped,
+            "rolled_seconds": self.rolled_seconds,
+        }
+
+
+def _seconds(value: object) -> float:
+    """A logged duration; absent or null (a call lost in a crash may not know it) counts as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value)
+
+
+def _names(value: object) -> list[str]:
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+@dataclass
+class _Tally:
+    started: int = 0
+    committed: int = 0
+    wiped: int = 0
+    lost_in_crash: int = 0
+    deleted: int = 0
+    open: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+    by_purpose: Counter[str] = field(default_factory=Counter)
+    kept: list[float] = field(default_factory=list)
+    gone: list[float] = field(default_factory=list)
+    rolled: list[float] = field(default_factory=list)
+
+    def add(self, entry: Mapping[str, Any], was_open: bool) -> None:
+        event = entry["event"]
+        if event == "call_started":
+            self.started += 1
+            self.open += 1
+        elif event == "recording_deleted":
+            self.deleted += 1
+        elif event in OUTCOME_EVENTS:
+            self.open -= int(was_open)
+            self._outcome(entry)
+
+    def _outcome(self, entry: Mapping[str, Any]) -> None:
+        if entry["event"] == "call_wiped":
+            self.wiped += 1
+            self.lost_in_crash += int(entry.get("why") == "lost_in_crash")
+            self.gone.append(_seconds(entry.get("seconds")))
+            return
+        self.committed += 1
+        self.by_reason.update(r for r in _names(entry.get("reasons")) if r in REASONS)
+        self.by_purpose.update(_names(entry.get("purposes")))
+        self.kept.append(_seconds(entry.get("seconds")))
+        self.rolled.append(_seconds(entry.get("rolled_seconds")))
+
+    def freeze(self) -> Figures:
+        return Figures(
+            started=self.started,
+            committed=self.committed,
+            wiped=self.wiped,
+            lost_in_crash=self.lost_in_crash,
+            deleted=self.deleted,
+            open=self.open,
+            by_reason={reason: self.by_reason[reason] for reason in REASONS},
+            by_purpose=dict(sorted(self.by_purpose.items())),
+            seconds_kept=round(math.fsum(self.kept), 3),
+            seconds_wiped=round(math.fsum(self.gone), 3),
+            rolled_seconds=round(math.fsum(self.rolled), 3),
+        )
+
+
+@dataclass
+class _Census:
+    """Tallies every entry into the totals and its call's line and agent."""
+
+    entries: int = 0
+    first_time: str | None = None
+    last_time: str | None = None
+    totals: _Tally = field(default_factory=_Tally)
+    lines: dict[str, _Tally] = field(default_factory=dict)
+    agents: dict[str, _Tally] = field(default_factory=dict)
+    owners: dict[str, tuple[str, str]] = field(default_factory=dict)
+    open_ids: set[str] = field(default_factory=set)
+
+    def add(self, entry: Mapping[str, Any]) -> None:
+        self.entries += 1
+        self.first_time = self.first_time or entry["time"]
+        self.last_time = entry["time"]
+        call_id = entry.get("call_id")
+        if not isinstance(call_id, str):
+            self.totals.add(entry, was_open=False)
+            return
+        was_open = self._track(entry, call_id)
+        line, agent = self.owners.get(call_id) or (str(entry.get("line", UNKNOWN)), UNKNOWN)
+        for tally in (
+            self.totals,
+            self.lines.setdefault(line, _Tally()),
+            self.agents.setdefault(agent, _Tally()),
+        ):
+            tally.add(entry, was_open)
+
+    def _track(self, entry: Mapping[str, Any], call_id: str) -> bool:
+        """Note a start's owner; True when ``entry`` is the outcome of a call still open."""
+        if entry["event"] == "call_started":
+            self.owners.setdefault(call_id, _owner(entry))
+            self.open_ids.add(call_id)
+            return False
+        if entry["event"] in OUTCOME_EVENTS and call_id in self.open_ids:
+            self.open_ids.discard(call_id)
+            return True
+        return False
+
+    def freeze(self, retention: Retention, accesses: Sequence[Access]) -> Report:
+        return Report(
+            entries=self.entries,
+            first_time=self.first_time,
+            last_time=self.last_time,
+            totals=self.totals.freeze(),
+            per_line=_freeze_groups(self.lines),
+            per_agent=_freeze_groups(self.agents),
+            retention=retention,
+            accesses=accesses,
+        )
+
+
+def _owner(entry: Mapping[str, Any]) -> tuple[str, str]:
+    agent = entry.get("agent")
+    return str(entry.get("line", UNKNOWN)), NO_AGENT if agent is None else str(agent)
+
+
+def _freeze_groups(groups: Mapping[str, _Tally]) -> dict[str, Figures]:
+    return {name: tally.freeze() for name, tally in sorted(groups.items())}
+
+
+@dataclass(frozen=True)
+class PurposeRetention:
+    """The recordings kept for one purpose at the report's ``as_of``.
+
+    ``due_now`` counts those a purge would delete now (every purpose of theirs ended, not
+    held); ``no_end`` those whose end for this purpose waits for it to be resolved; the
+    earliest and latest ``retain_until`` are of this purpose, among those that have one.
+    """
+
+    recordings: int
+    held: int
+    resolved: int
+    due_now: int
+    no_end: int
+    earliest: datetime | None
+    latest: datetime | None
+
+    @classmethod
+    def of(cls, purpose: str, kept: Sequence[Recording], now: datetime) -> PurposeRetention:
+        ends = [recording.purposes[purpose].retain_until for recording in kept]
+        times = [end for end in ends if end is not None]
+        return cls(
+            recordings=len(kept),
+            held=sum(recording.held for recording in kept),
+            resolved=sum(recording.purposes[purpose].resolved for recording in kept),
+            due_now=sum(recording.due(now) for recording in kept),
+            no_end=len(ends) - len(times),
+            earliest=min(times, default=None),
+            latest=max(times, default=None),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recordings": self.recordings,
+            "held": self.held,
+            "resolved": self.resolved,
+            "due_now": self.due_now,
+            "no_end": self.no_end,
+            "earliest_retain_until": iso_or_none(self.earliest),
+            "latest_retain_until": iso_or_none(self.latest),
+        }
+
+
+@dataclass(frozen=True)
+class Retention:
+    """The recordings that exist at ``as_of``, by purpose, and every deletion logged."""
+
+    as_of: datetime
+    recordings: int
+    held: int
+    due_now: int
+    overdue: int
+    by_purpose: Mapping[str, PurposeRetention]
+    deletions: Sequence[Deletion]
+
+    @classmethod
+    def of(cls, ledger: Ledger, now: datetime) -> Retention:
+        recordings = ledger.recordings()
+        purposes = sorted({name for recording in recordings for name in recording.purposes})
+        return cls(
+            as_of=now,
+            recordings=len(recordings),
+            held=sum(recording.held for recording in recordings),
+            due_now=len(ledger.due(now)),
+            overdue=len(ledger.overdue(now)),
+            by_purpose={
+                name: PurposeRetention.of(name, ledger.recordings(purpose=name), now)
+                for name in purposes
+            },
+            deletions=ledger.deletions(),
+        )
+
+    @property
+    def deleted(self) -> dict[str, int]:
+        """Deletions by ``why``: ``expired`` and ``erased`` always, then any other, sorted."""
+        counts = Counter(str(deletion.why) for deletion in self.deletions)
+        others = sorted(why for why in counts if why not in DELETION_WHYS)
+        return {why: counts[why] for why in (*DELETION_WHYS, *others)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "as_of": iso(self.as_of),
+            "totals": {
+                "recordings": self.recordings,
+                "held": self.held,
+                "due_now": self.due_now,
+                "overdue": self.overdue,
+                "deleted": self.deleted,
+            },
+            "by_purpose": {name: p.to_json() for name, p in self.by_purpose.items()},
+        }
+
+
+def _deletion_json(deletion: Deletion) -> dict[str, Any]:
+    return {
+        "log_line": deletion.seq,
+        "call_id": deletion.call_id,
+        "why": deletion.why,
+        "time": iso(deletion.time),
+        "actor": deletion.actor,
+        "reason": deletion.reason,
+        "premature": deletion.premature,
+    }
+
+
+@dataclass(frozen=True)
+class Access:
+    """A logged ``recording_accessed``: who opened a recording, when and why."""
+
+    log_line: int
+    call_id: str
+    time: str
+    actor: str
+    reason: str
+
+    @classmethod
+    def of(cls, entry: Mapping[str, Any]) -> Access:
+        return cls(
+            entry["seq"],
+            str(entry.get("call_id")),
+            entry["time"],
+            str(entry.get("actor")),
+            str(entry.get("reason")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "log_line": self.log_line,
+            "call_id": self.call_id,
+            "time": self.time,
+            "actor": self.actor,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    """What was committed, wiped and deleted, and why; see ``to_json`` for the figures."""
+
+    entries: int
+    first_time: str | None
+    last_time: str | None
+    totals: Figures
+    per_line: Mapping[str, Figures]
+    per_agent: Mapping[str, Figures]
+    retention: Retention
+    accesses: Sequence[Access]
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON; keys are stable and always present.
+
+        ``entries`` (int), ``first_time`` and ``last_time`` (ISO 8601 or null), ``totals`` (a
+        figures object), ``per_line`` and ``per_agent`` (name -> figures object, sorted by
+        name; agent ``(none)`` when the call had none, ``(unknown)`` for a call without
+        ``call_started``). A figures object holds ``started``, ``committed``, ``wiped``,
+        ``lost_in_crash`` (part of ``wiped``), ``deleted``, ``open`` (ints), ``by_reason``
+        (``sampled`` and ``marked``, always both), ``by_purpose`` (purpose -> commits, sorted),
+        ``seconds_kept``, ``seconds_wiped`` and ``rolled_seconds`` (floats, rounded to ms).
+
+        ``retention``: ``as_of`` (when the report was made), ``totals`` (``recordings``,
+        ``held``, ``due_now``, ``overdue`` among the recordings that exist; ``deleted``: why ->
+        deletions, ``expired`` and ``erased`` always) and ``by_purpose`` (purpose -> a
+        ``PurposeRetention`` object, sorted). ``deletions``: every ``recording_deleted`` in log
+        order, as ``log_line``, ``call_id``, ``why``, ``time``, ``actor`` and ``reason`` (null
+        unless erased) and ``premature`` (an ``expired`` one that was not due). ``accesses``:
+        every ``recording_accessed`` in log order, as ``log_line``, ``call_id``, ``time``,
+        ``actor`` and ``reason``.
+        """
+        return {
+            "entries": self.entries,
+            "first_time": self.first_time,
+            "last_time": self.last_time,
+            "totals": self.totals.to_json(),
+            "per_line": {name: f.to_json() for name, f in self.per_line.items()},
+            "per_agent": {name: f.to_json() for name, f in self.per_agent.items()},
+            "retention": self.retention.to_json(),
+            "deletions": [_deletion_json(deletion) for deletion in self.retention.deletions],
+            "accesses": [access.to_json() for access in self.accesses],
+        }
+
+
+def report(state_dir: Path, now: datetime | None = None) -> Report:
+    """Figures over the whole log, retention as of ``now`` (by default the current time);
+    raises CommitLogError when the log is missing, its chain breaks, or a retention event
+    cannot be read."""
+    path = state_dir / LOG_NAME
+    if not path.is_file():
+        raise CommitLogError(f"{LOG_NAME} is missing in {state_dir}")
+    census, ledger, accesses = _Census(), Ledger(), []
+    for entry in read_chain(path):
+        census.add(entry)
+        ledger.apply(entry)
+        if entry["event"] == "recording_accessed":
+            accesses.append(Access.of(entry))
+    return census.freeze(Retention.of(ledger, utcnow() if now is None else now), accesses)

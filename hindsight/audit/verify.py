@@ -1,0 +1,451 @@
+"""``verify``: the log and the recordings under a state dir, checked against each other.
+
+Rules:
+
+- Pure reads: nothing under the state dir is created, changed or locked, and no daemon is needed.
+- Integrity before meaning: the whole hash chain is checked first, because the contents of a
+  tampered log cannot be trusted; then the call rules and the retention events (read exactly
+  as the daemon reads them, with ``hindsight.retention``); then the files under recordings/;
+  last the one check that depends on the time, ``now``: nothing is overdue.
+- ``verify`` stops at the FIRST problem and states it in one sentence naming the log line, or
+  the file when no line names it. Once the chain holds, a line's number equals its ``seq``.
+- The log accounts for every file under recordings/: the recording and sidecar of each
+  committed call not deleted since, and the files of a call still open, which a live daemon
+  may be writing right now. Anything else is reported, a leftover temp file included.
+- Recordings are hashed in 1 MiB blocks, never read whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from hindsight.audit.common import DELETION_WHYS, shown
+from hindsight.clock import iso, utcnow
+from hindsight.commitlog import LOG_NAME, read_chain
+from hindsight.durable import file_sha256
+from hindsight.errors import CommitLogError
+from hindsight.layout import RECORDINGS, sidecar_path
+from hindsight.retention import Deletion, Ledger, Recording
+
+# ---------------------------------------------------------------------------------------------
+# verify
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """``ok`` with ``problem`` None, or the first problem found; ``recordings`` were checked."""
+
+    ok: bool
+    problem: str | None
+    entries: int
+    recordings: int
+
+
+@dataclass
+class _Call:
+    started: int
+    run: int
+    outcome: int | None = None
+
+
+@dataclass(frozen=True)
+class _Commit:
+    seq: int
+    call_id: str
+    path: str
+    sha256: str
+
+
+def _at(entry: Mapping[str, Any]) -> str:
+    return f"{LOG_NAME} line {entry['seq']}"
+
+
+def _inside(path: object) -> bool:
+    """True for a relative path that stays inside the state dir."""
+    if not isinstance(path, str) or not path:
+        return False
+    pure = PurePosixPath(path)
+    return not pure.is_absolute() and ".." not in pure.parts
+
+
+_Rule = Callable[[Mapping[str, Any]], "str | None"]
+
+
+@dataclass
+class _CallRules:
+    """Walks the entries in order, applying the call rules and feeding the retention ledger;
+    keeps the first problem."""
+
+    entries: int = 0
+    problem: str | None = None
+    calls: dict[str, _Call] = field(default_factory=dict)
+    run_starts: list[int] = field(default_factory=lambda: [0])
+    stopped_at: int | None = None
+    commits: list[_Commit] = field(default_factory=list)
+    retention: Ledger = field(default_factory=Ledger)
+
+    rules: dict[str, _Rule] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.rules = {
+            "daemon_started": self._daemon_started,
+            "daemon_stopped": self._daemon_stopped,
+            "call_started": self._call_started,
+            "call_marked": self._call_marked,
+            "call_committed": self._call_committed,
+            "call_wiped": self._outcome,
+            "recording_deleted": self._recording_deleted,
+            "recording_accessed": self._recording_accessed,
+        }
+
+    def feed(self, entry: Mapping[str, Any]) -> None:
+        self.entries += 1
+        if self.problem is None:
+            self.problem = self.rules.get(entry["event"], _no_rule)(entry) or self._retain(entry)
+
+    def _retain(self, entry: Mapping[str, Any]) -> str | None:
+        try:
+            self.retention.apply(entry)
+        except CommitLogError as exc:
+            return str(exc)
+        return None
+
+    @property
+    def run(self) -> int:
+        return len(self.run_starts) - 1
+
+    def _daemon_started(self, entry: Mapping[str, Any]) -> None:
+        self.run_starts.append(entry["seq"])
+        self.stopped_at = None
+
+    def _daemon_stopped(self, entry: Mapping[str, Any]) -> None:
+        self.stopped_at = entry["seq"]
+
+    def _call_started(self, entry: Mapping[str, Any]) -> str | None:
+        call_id = entry.get("call_id")
+        if not isinstance(call_id, str):
+            return f"{_at(entry)}: call_started has no call_id"
+        if call_id in self.calls:
+            first = self.calls[call_id].started
+            return f"{_at(entry)}: call_started reuses call id {call_id!r} of line {first}"
+        self.calls[call_id] = _Call(entry["seq"], self.run)
+        return None
+
+    def _known_call(self, entry: Mapping[str, Any]) -> tuple[_Call | None, str | None]:
+        call_id = entry.get("call_id")
+        call = self.calls.get(call_id) if isinstance(call_id, str) else None
+        if call is None:
+            event = entry["event"]
+            return None, f"{_at(entry)}: {event} for call {call_id!r}, which was never started"
+        return call, None
+
+    def _call_marked(self, entry: Mapping[str, Any]) -> str | None:
+        call, problem = self._known_call(entry)
+        if call is not None and call.outcome is not None:
+            call_id = entry["call_id"]
+            return (
+                f"{_at(entry)}: call {call_id!r} is marked after its outcome on line {call.outcome}"
+            )
+        return problem
+
+    def _outcome(self, entry: Mapping[str, Any]) -> str | None:
+        call, problem = self._known_call(entry)
+        if call is None:
+            return problem
+        if call.outcome is not None:
+            return (
+                f"{_at(entry)}: call {entry['call_id']!r} has a second outcome ({entry['event']}); "
+                f"its first was on line {call.outcome}"
+            )
+        call.outcome = entry["seq"]
+        return None
+
+    def _call_committed(self, entry: Mapping[str, Any]) -> str | None:
+        problem = self._outcome(entry)
+        if problem is not None:
+            return problem
+        path, digest = entry.get("path"), entry.get("sha256")
+        if not _inside(path):
+            return f"{_at(entry)}: path {path!r} is not a relative path inside the state dir"
+        if not isinstance(digest, str):
+            return f"{_at(entry)}: call_committed has no sha256"
+        assert isinstance(path, str)
+        self.commits.append(_Commit(entry["seq"], entry["call_id"], path, digest))
+        return None
+
+    def _recording_deleted(self, entry: Mapping[str, Any]) -> str | None:
+        path, why = entry.get("path"), entry.get("why")
+        if not _inside(path):
+            return f"{_at(entry)}: path {path!r} is not a relative path inside the state dir"
+        if why not in DELETION_WHYS:
+            return f"{_at(entry)}: recording_deleted has why {why!r}, not expired or erased"
+        if why == "erased" and not all(_named(entry.get(key)) for key in ("actor", "reason")):
+            return f"{_at(entry)}: an erasure must say who asked (actor) and why (reason)"
+        return None
+
+    def _recording_accessed(self, entry: Mapping[str, Any]) -> str | None:
+        """Someone opened a recording: it must exist at that point, and they must be named."""
+        call_id = entry.get("call_id")
+        if not isinstance(call_id, str) or self.retention.get(call_id) is None:
+            gone = self.retention.deletion(call_id) if isinstance(call_id, str) else None
+            why = "never committed" if gone is None else f"deleted on line {gone.seq}"
+            return (
+                f"{_at(entry)}: recording_accessed for call {call_id!r}, which has no "
+                f"recording at that point ({why})"
+            )
+        if not all(_named(entry.get(key)) for key in ("actor", "reason")):
+            return (
+                f"{_at(entry)}: an access must say who opened the recording (actor) "
+                "and why (reason)"
+            )
+        return None
+
+    def open_call_problem(self) -> str | None:
+        """A call without outcome is fine only in the last run while that run is live."""
+        for call_id, call in self.calls.items():
+            if call.outcome is not None:
+                continue
+            if call.run < self.run:
+                ended = f"a later daemon run started on line {self.run_starts[call.run + 1]}"
+            elif self.stopped_at is not None:
+                ended = f"the daemon stopped on line {self.stopped_at}"
+            else:
+                continue
+            return f"{LOG_NAME} line {call.started}: call {call_id!r} has no outcome, yet {ended}"
+        return None
+
+    def open_calls(self) -> list[str]:
+        """The calls without outcome (once ``open_call_problem`` is None: of the live run)."""
+        return [call_id for call_id, call in self.calls.items() if call.outcome is None]
+
+    def live_commits(self) -> list[_Commit]:
+        """The commits whose recording exists by the log: not deleted since."""
+        return [
+            commit
+            for commit in self.commits
+            if (recording := self.retention.get(commit.call_id)) is not None
+            and recording.seq == commit.seq
+        ]
+
+
+def _named(value: object) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _no_rule(entry: Mapping[str, Any]) -> None:
+    """Events without a call rule (daemon life cycle, future kinds) only need the chain."""
+
+
+def _premature(retention: Ledger) -> str | None:
+    """``expired`` is a purge: it may only take a recording that was due and not held."""
+    for deletion in retention.deletions():
+        if deletion.premature and deletion.recording is not None:
+            return (
+                f"{LOG_NAME} line {deletion.seq}: call {deletion.call_id!r} was purged as expired "
+                f"at {iso(deletion.time)} while {_not_due(deletion.recording)}: a premature purge"
+            )
+    return None
+
+
+def _not_due(recording: Recording) -> str:
+    hold = recording.hold
+    if hold is not None:
+        return f"held by {hold.actor!r} since {iso(hold.since)}"
+    until = recording.retain_until
+    if until is None:
+        return "kept until a purpose of it is resolved"
+    return f"not due until {iso(until)}"
+
+
+# What a recording of each kind begins with.
+MAGIC = {".flac": b"fLaC", ".age": b"age-encryption.org/v1\n"}
+
+
+def _check_sidecar(state_dir: Path, commit: _Commit) -> str | None:
+    where = f"{LOG_NAME} line {commit.seq}"
+    sidecar = sidecar_path(PurePosixPath(commit.path), commit.call_id).as_posix()
+    try:
+        data = json.loads((state_dir / sidecar).read_bytes())
+    except FileNotFoundError:
+        return f"{where}: sidecar {sidecar} of recording {commit.path} is missing"
+    except (OSError, ValueError):
+        return f"{where}: sidecar {sidecar} is unreadable or not JSON"
+    if not isinstance(data, dict) or (data.get("call_id"), data.get("sha256")) != (
+        commit.call_id,
+        commit.sha256,
+    ):
+        return f"{where}: sidecar {sidecar} disagrees with the log on call_id or sha256"
+    return None
+
+
+def _check_recording(state_dir: Path, commit: _Commit) -> str | None:
+    where = f"{LOG_NAME} line {commit.seq}"
+    file = state_dir / commit.path
+    if not file.is_file():
+        return f"{where}: recording {commit.path} of call {commit.call_id!r} is missing"
+    try:
+        digest = file_sha256(file)
+    except OSError as exc:
+        return f"{where}: recording {commit.path} cannot be read ({exc.strerror or exc})"
+    if digest != commit.sha256:
+        return (
+            f"{where}: recording {commit.path} of call {commit.call_id!r} does not match "
+            "its logged sha256 (altered or replaced)"
+        )
+    return _check_format(file, commit) or _check_sidecar(state_dir, commit)
+
+
+def _check_format(file: Path, commit: _Commit) -> str | None:
+    """A recording must be what its name says: a file that hashes right can still be empty."""
+    suffix = PurePosixPath(commit.path).suffix
+    magic = MAGIC.get(suffix)
+    if magic is None:
+        return None
+    with file.open("rb") as handle:
+        if handle.read(len(magic)) == magic:
+            return None
+    return (
+        f"{LOG_NAME} line {commit.seq}: recording {commit.path} of call {commit.call_id!r} "
+        f"is not a {suffix[1:].upper()} file ({file.stat().st_size} bytes)"
+    )
+
+
+def _files_of(path: str, call_id: str) -> dict[str, str]:
+    """A recording's path and its sidecar's, spelled as the walk of recordings/ spells them."""
+    recording = PurePosixPath(path)
+    return {
+        "recording": recording.as_posix(),
+        "sidecar": sidecar_path(recording, call_id).as_posix(),
+    }
+
+
+def _accounted(commits: Iterable[_Commit]) -> set[str]:
+    return {path for commit in commits for path in _files_of(commit.path, commit.call_id).values()}
+
+
+def _deleted_files(deletion: Deletion) -> Iterator[tuple[str, str]]:
+    """What a deletion took away: the logged path, and the committed one should they differ."""
+    paths = dict.fromkeys(
+        [deletion.path, *([deletion.recording.path] if deletion.recording else [])]
+    )
+    for path in paths:
+        yield from _files_of(path, deletion.call_id).items()
+
+
+def _lingering(state_dir: Path, retention: Ledger, accounted: Collection[str]) -> str | None:
+    """A recording logged as deleted, and its sidecar, must be gone."""
+    for deletion in retention.deletions():
+        for kind, path in _deleted_files(deletion):
+            if path not in accounted and os.path.lexists(state_dir / path):
+                return (
+                    f"{LOG_NAME} line {deletion.seq}: {kind} {path} of call {deletion.call_id!r} "
+                    f"is logged as deleted ({deletion.why}) but still exists (a deletion cut "
+                    "short by a crash is finished at the daemon's next start)"
+                )
+    return None
+
+
+def _listing_failed(exc: OSError) -> None:
+    if not isinstance(exc, FileNotFoundError):  # gone meanwhile, or no recordings/ yet
+        raise exc
+
+
+def _files_under(state_dir: Path) -> Iterator[str]:
+    """Every entry under recordings/ but its folders, sorted, relative to ``state_dir``."""
+    for folder, folders, files in os.walk(state_dir / RECORDINGS, onerror=_listing_failed):
+        folders.sort()
+        links = [name for name in folders if os.path.islink(os.path.join(folder, name))]
+        for name in sorted([*files, *links]):
+            yield (Path(folder) / name).relative_to(state_dir).as_posix()
+
+
+def _being_written(path: str, open_calls: Collection[str]) -> bool:
+    """A file of a call without outcome yet: the live daemon may be writing it right now."""
+    name = PurePosixPath(path).name.removeprefix(".")
+    return any(name.startswith((f"{call_id}.", f"{call_id}-")) for call_id in open_calls)
+
+
+def _stray(path: str) -> str:
+    name = PurePosixPath(path).name
+    if name.startswith(".") and name.endswith(".tmp"):
+        return (
+            f"{shown(path)} is a temp file no log line accounts for: a write cut short by a "
+            "crash leaves one, and the daemon's recovery removes it at its next start"
+        )
+    return (
+        f"{shown(path)} is not accounted for by the log: it is not the recording or sidecar "
+        "of a committed call that was not deleted since"
+    )
+
+
+def _unaccounted(
+    state_dir: Path, accounted: Collection[str], open_calls: Collection[str]
+) -> str | None:
+    """Every file under recordings/ is accounted for by the log, or being written now."""
+    try:
+        for path in _files_under(state_dir):
+            if path not in accounted and not _being_written(path, open_calls):
+                return _stray(path)
+    except OSError as exc:
+        return f"{exc.filename} cannot be listed ({exc.strerror or exc})"
+    return None
+
+
+def _check_recordings(state_dir: Path, rules: _CallRules) -> tuple[int, str | None]:
+    live = rules.live_commits()
+    for checked, commit in enumerate(live):
+        problem = _check_recording(state_dir, commit)
+        if problem is not None:
+            return checked, problem
+    accounted = _accounted(live)
+    problem = _lingering(state_dir, rules.retention, accounted) or _unaccounted(
+        state_dir, accounted, rules.open_calls()
+    )
+    return len(live), problem
+
+
+def _overdue(retention: Ledger, now: datetime) -> str | None:
+    """A purge runs at least daily: a recording a day past its retention was missed."""
+    for recording in retention.overdue(now):
+        until = recording.retain_until
+        assert until is not None  # overdue, so due: every purpose has an end
+        late = timedelta(seconds=round((now - until).total_seconds()))
+        return (
+            f"{LOG_NAME} line {recording.seq}: call {recording.call_id!r} is overdue by {late}: "
+            f"its retain_until is {iso(until)}, it is not held, yet its recording "
+            f"{recording.path} has not been deleted"
+        )
+    return None
+
+
+def _walk(path: Path) -> tuple[_CallRules, str | None]:
+    """The whole chain first; a chain problem outranks any call-rule problem."""
+    rules = _CallRules()
+    try:
+        for entry in read_chain(path):
+            rules.feed(entry)
+    except CommitLogError as exc:
+        return rules, str(exc)
+    return rules, rules.problem or rules.open_call_problem() or _premature(rules.retention)
+
+
+def verify(state_dir: Path, now: datetime | None = None) -> VerifyResult:
+    """Check the log's chain, its call and retention rules, every committed recording and
+    sidecar, that the log accounts for every file under recordings/, and that nothing is
+    overdue at ``now`` (by default, the current time)."""
+    path = state_dir / LOG_NAME
+    if not path.is_file():
+        return VerifyResult(False, f"{LOG_NAME} is missing or not a file in {state_dir}", 0, 0)
+    rules, problem = _walk(path)
+    checked = 0
+    if problem is None:
+        checked, problem = _check_recordings(state_dir, rules)
+    if problem is None:
+        problem = _overdue(rules.retention, utcnow() if now is None else now)
+    return VerifyResult(problem is None, problem, rules.entries, checked)
