@@ -63,6 +63,7 @@ MAX_DAYS = 36500
 # `hindsight audit verify` fails on a recording more than a day past its retention; a purge at
 # least twice a day keeps a due recording well inside that, even across a restart.
 MAX_PURGE_INTERVAL_SECONDS = 43200
+MAX_EPOCH_HOURS = 24 * 366  # a sampling epoch: at most a year
 # An ended call waits marking.grace_seconds for a late record key, its audio still in the
 # pool: a few minutes at most, so that a wipe is never put off for long.
 MAX_MARK_GRACE_SECONDS = 300
@@ -125,6 +126,34 @@ class StorageConfig:
 class SamplingConfig:
     one_in: int
     purpose: str
+    # A sampling epoch's seed decides every draw in it; a new one is drawn (and the old one
+    # revealed in the log) this often, and at every start.
+    epoch_hours: float = 24.0
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    # age recipients of the auditors: each epoch's seed is sealed to them from its start, so
+    # that a crash before the reveal never leaves an epoch's draws unverifiable.
+    recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """What the GDPR Art. 30 record of processing says beyond the purposes (``audit register``)."""
+
+    controller: str = ""  # the organisation, its address
+    contact: str = ""  # the data protection officer or the controller's contact
+    data_subjects: tuple[str, ...] = ("callers", "call-centre agents")
+    data_categories: tuple[str, ...] = (
+        "call audio (voices and what is said)",
+        "keyed pseudonyms of callers' numbers",
+        "agent and line identifiers",
+        "call times and durations",
+        "agents' notes on marked calls",
+    )
+    data_recipients: tuple[str, ...] = ()  # who receives recordings (teams, processors)
+    transfers: str = "none"  # transfers to third countries, and their safeguards
 
 
 @dataclass(frozen=True)
@@ -157,6 +186,7 @@ class PurposeConfig:
     grace_days: float  # how long the purpose still holds after `resolve` (either rule)
     max_retention_days: float | None  # None: no cap
     recipients: tuple[str, ...] = ()  # age recipients added for recordings kept for it
+    description: str = ""  # what the recordings are for, in the register's words
 
 
 @dataclass(frozen=True)
@@ -188,6 +218,8 @@ class Config:
     purposes: tuple[PurposeConfig, ...]
     path: Path | None
     metrics: MetricsConfig = MetricsConfig()
+    audit: AuditConfig = AuditConfig()
+    register: RegisterConfig = RegisterConfig()
     clients: tuple[ClientConfig, ...] = ()  # who may use daemon.listen, and for what
     # Of the file's bytes, those parsed (load_config); logged. Not part of what the config
     # says, so not of its equality either.
@@ -335,6 +367,17 @@ def _list_item(index: int, raw: object, parse: Callable[[object], T]) -> T:
         return parse(raw)
     except ValueError as error:
         raise ValueError(f"item {index}: {error}") from None
+
+
+class _Texts(_Value[tuple[str, ...]]):
+    """A list of non-empty texts; ``[]`` is allowed."""
+
+    def parse(self, raw: object) -> tuple[str, ...]:
+        if not isinstance(raw, list):
+            raise ValueError(f"expected a list of strings, {_got(raw)}")
+        return tuple(
+            _list_item(index, item, _Str(non_empty=True).parse) for index, item in enumerate(raw)
+        )
 
 
 class _Recipients(_Value[tuple[str, ...]]):
@@ -502,6 +545,7 @@ _BUFFER: Final[_Schema] = {
 _SAMPLING: Final[_Schema] = {
     "one_in": _Key(_Int(0), 10),
     "purpose": _Key(_Id(), "training"),
+    "epoch_hours": _Key(_Float(0, MAX_EPOCH_HOURS), 24),
 }
 _MARKING: Final[_Schema] = {
     "purpose": _Key(_Id(), "escalation"),
@@ -521,6 +565,16 @@ _METRICS: Final[_Schema] = {
     "textfile": _Key(_Str(), ""),
     "interval_seconds": _Key(_Float(0, 3600), 60),
 }
+_AUDIT: Final[_Schema] = {"recipients": _Key(_Recipients(), [])}
+_REGISTER_DEFAULTS = RegisterConfig()
+_REGISTER: Final[_Schema] = {
+    "controller": _Key(_Str(), ""),
+    "contact": _Key(_Str(), ""),
+    "data_subjects": _Key(_Texts(), list(_REGISTER_DEFAULTS.data_subjects)),
+    "data_categories": _Key(_Texts(), list(_REGISTER_DEFAULTS.data_categories)),
+    "data_recipients": _Key(_Texts(), []),
+    "transfers": _Key(_Str(non_empty=True), "none"),
+}
 _SECTIONS: Final[Mapping[str, _Schema]] = {
     "daemon": _DAEMON,
     "audio": _AUDIO,
@@ -531,6 +585,8 @@ _SECTIONS: Final[Mapping[str, _Schema]] = {
     "retention": _RETENTION,
     "storage": _STORAGE,
     "metrics": _METRICS,
+    "audit": _AUDIT,
+    "register": _REGISTER,
 }
 _DEVICE: Final[_Schema] = {
     "name": _Key(_Id()),
@@ -551,6 +607,7 @@ _PURPOSE: Final[_Schema] = {
     "grace_days": _Key(_Float(0, MAX_DAYS, low_allowed=True), 0),
     "max_retention_days": _Key(_Float(0, MAX_DAYS), None),  # >= retention_days: a cross-check
     "recipients": _Key(_Recipients(), []),
+    "description": _Key(_Str(), ""),
 }
 _DEFAULT_PURPOSES: Final[Mapping[str, object]] = {
     "training": {"legal_basis": "legitimate-interest", "retention_days": 92},
@@ -899,6 +956,8 @@ def _build(
         retention=RetentionConfig(**sections["retention"]),
         storage=StorageConfig(**sections["storage"]),
         metrics=_build_metrics(sections["metrics"], base),
+        audit=AuditConfig(**sections["audit"]),
+        register=RegisterConfig(**sections["register"]),
         lines=tuple(LineConfig(**entry) for entry in lines),
         purposes=tuple(PurposeConfig(**entry) for entry in purposes),
         path=path,

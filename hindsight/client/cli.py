@@ -12,12 +12,10 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
-from hindsight import __version__, audit, replies
-from hindsight.audit import text as audit_text
-from hindsight.client import access, curve, hotkey, simulate
+from hindsight import __version__, replies
+from hindsight.client import access, audit_cli, curve, hotkey, simulate
 from hindsight.client.options import (
     actor_of,
     connection_options,
@@ -230,21 +228,6 @@ def cmd_play(args: argparse.Namespace) -> int:
     return access.play(args)
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    result = audit.verify(Path(args.state_dir))
-    if not result.ok:
-        print(f"hindsight: audit failed: {result.problem}", file=sys.stderr)
-        return 1
-    print(f"ok: {result.entries} log entries chained, {result.recordings} recordings intact")
-    return 0
-
-
-def cmd_audit_report(args: argparse.Namespace) -> int:
-    result = audit.report(Path(args.state_dir))
-    print(json.dumps(result.to_json(), indent=2) if args.json else audit_text.render(result))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hindsight", description="Control and audit Hindsight.")
     parser.add_argument("--version", action="version", version=f"hindsight {__version__}")
@@ -294,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     hotkey.add_parser(
         add("hotkey", hotkey.run, "the record key as a global key of the X11 session")
     )
-    _add_audit(commands)
+    audit_cli.add_audit(commands)
     return parser
 
 
@@ -360,18 +343,6 @@ def _add_opening(add: Adder, name: str, run: Command, help: str) -> argparse.Arg
     signature_options(sub)
     state_dir_options(sub)
     return sub
-
-
-def _add_audit(commands: Any) -> None:
-    audit_parser = commands.add_parser("audit", help="check and report on a state dir")
-    verbs = audit_parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    verify = verbs.add_parser("verify", help="check the commit log and recordings")
-    verify.set_defaults(run=cmd_audit_verify)
-    report = verbs.add_parser("report", help="what was committed, wiped, deleted and why")
-    report.add_argument("--json", action="store_true")
-    report.set_defaults(run=cmd_audit_report)
-    for verb in (verify, report):
-        verb.add_argument("--state-dir", required=True, help="the daemon's state_dir")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
