@@ -206,14 +206,15 @@ class Daemon:
         return self.proc.wait(timeout)
 
     def entries(self) -> list[dict[str, Any]]:
-        path = self.state / "commit.log"
-        return [json.loads(line) for line in path.read_text().splitlines()]
+        text = (self.state / "commit.log").read_text()
+        # Whole lines only: a line being appended right now may be read half-written.
+        return [json.loads(line) for line in text.split("\n")[:-1]]
 
     def events(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.entries() if e["event"] == kind]
 
     def wait_for_event(
-        self, kind: str, count: int = 1, timeout: float = 10.0
+        self, kind: str, count: int = 1, timeout: float = 30.0
     ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

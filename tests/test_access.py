@@ -512,7 +512,9 @@ def test_ctrl_c_stops_play_cleanly(pulse: PulseServer, tmp_path: Path) -> None:
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         wait_for("access", lambda: accesses(d))
-        time.sleep(1.0)
+        # Logged before the client decrypts and opens its stream: wait until it plays.
+        wait_for("playback", lambda: pulse.pactl("list", "short", "sink-inputs").strip() != "")
+        time.sleep(0.5)
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=10)

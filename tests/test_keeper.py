@@ -326,11 +326,11 @@ def test_a_call_is_settled_only_after_its_settle_delay_but_at_once_when_stopping
     config: Config, commit_log: CommitLog
 ) -> None:
     store = Store(config.daemon.state_dir)
-    keeper, table, _ = keeper_for(config, commit_log, store, settle_delay=(0.6, 0.6))
+    keeper, table, _ = keeper_for(config, commit_log, store, settle_delay=(1.5, 1.5))
     keeper.submit(live_call(table, commit_log, "a", keep=False))
     time.sleep(0.3)
     assert outcomes(commit_log) == []
-    wait_for(lambda: outcomes(commit_log) == ["call_wiped"], timeout=3)
+    wait_for(lambda: outcomes(commit_log) == ["call_wiped"], timeout=5)
     slow, slow_table, _ = keeper_for(config, commit_log, store, settle_delay=(60.0, 60.0))
     slow.submit(live_call(slow_table, commit_log, "b", keep=False))
     started = time.monotonic()

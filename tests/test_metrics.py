@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import stat
-import time
 from pathlib import Path
+from typing import Any
 
 from hindsight.daemon.metrics import Metrics, prometheus
 from hindsight.replies import MetricsSnapshot
@@ -41,9 +41,15 @@ def test_status_and_the_textfile_show_the_pool_and_the_worker(tmp_path: Path) ->
     extra = '[metrics]\ntextfile = "metrics.prom"\ninterval_seconds = 0.2\n'
     with Daemon(tmp_path, extra=extra) as d:
         d.ok({"op": "start", "line": "desk-01"})
-        time.sleep(0.6)
-        status = d.ok({"op": "status"})
-        metrics = status["metrics"]
+        seen: list[dict[str, Any]] = []
+
+        def sampled() -> bool:
+            # Sampled every interval by the main loop: wait for one taken during the call.
+            seen.append(d.ok({"op": "status"})["metrics"])
+            return bool(seen[-1]["live_calls"] == 1 and seen[-1]["pool_free"] < 256)
+
+        wait_until(sampled, what="a metrics snapshot taken during the call")
+        metrics = seen[-1]
         assert metrics["pool_chunks"] == 256 and 0 < metrics["pool_free"] < 256
         assert metrics["live_calls"] == 1 and metrics["devices"] == {"default": "running"}
         prom = tmp_path / "metrics.prom"

@@ -70,7 +70,7 @@ def call_during(
         d.ok({"op": "start", "line": line})
     time.sleep(0.3)
     play(server, wav)
-    time.sleep(0.3)
+    time.sleep(1.0)  # the capture path's latency: the tail of the sound must reach the call
     for line in lines:
         if mark:
             d.ok({"op": "mark", "line": line})

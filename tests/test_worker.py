@@ -5,6 +5,7 @@ over both (non-dumpable) processes, which root has."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -179,13 +180,13 @@ def test_the_worker_killed_mid_wipe_is_replaced_and_the_call_wiped_once(tmp_path
 
 
 def test_a_hung_worker_is_noticed_and_replaced(tmp_path: Path) -> None:
-    with Daemon(tmp_path, extra="[worker]\nhang_seconds = 1.5\n") as d:
+    with Daemon(tmp_path, extra="[worker]\nhang_seconds = 5\n") as d:
         pid = worker_pid(d)
         os.kill(pid, signal.SIGSTOP)
         d.ok({"op": "start", "line": "desk-01"})
         time.sleep(0.3)
         d.ok({"op": "end", "line": "desk-01"})
-        d.wait_for_event("call_wiped", timeout=15)
+        d.wait_for_event("call_wiped", timeout=30)
         assert worker_pid(d, not_this=pid) != pid
         assert not Path(f"/proc/{pid}").exists(), "the hung worker was killed and reaped"
     assert "taken for hung" in d.stderr()
@@ -242,8 +243,12 @@ def test_the_worker_runs_at_idle_priority_and_never_holds_the_commit_log(tmp_pat
         log = (d.state / "commit.log").resolve()
 
         def opened(pid: int) -> set[Path]:
-            fds = Path(f"/proc/{pid}/fd")
-            return {Path(os.readlink(fd)) for fd in fds.iterdir() if fd.exists()}
+            found: set[Path] = set()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                # An fd may close meanwhile (ZeroMQ's thread closes a client's socket).
+                with contextlib.suppress(FileNotFoundError):
+                    found.add(Path(os.readlink(fd)))
+            return found
 
         # The daemon is the single writer of the log; the worker never even opens it.
         assert log in opened(d.proc.pid)
