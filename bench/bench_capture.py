@@ -52,7 +52,7 @@ def setup(lines: int) -> tuple[DeviceSource, CallTable]:
         },
         Path("."),
     )
-    table = CallTable(config, Pool(config.buffer.memory_mb), draw=lambda: False)
+    table = CallTable(config, Pool(config.buffer.memory_mb), draw=lambda _: (None, False))
     for line in config.lines:
         table.start(line.name, None, None)
     source = DeviceSource(config.audio, config.audio.devices[0], factory=NoStream)

@@ -242,7 +242,7 @@ class Bench:
         os.close(self.memory.fd)
 
     def worker_policy(self) -> str:
-        pid = self.keeper.state()["pid"]
+        pid = self.keeper.state().pid
         if pid is None:
             return "worker: restarting"
         policy = os.sched_getscheduler(pid)

@@ -27,7 +27,8 @@ import numpy as np
 
 from hindsight.config import Config, LineConfig, parse_config
 from hindsight.daemon.buffer import CHUNK_SAMPLES, Int16Array, Pool
-from hindsight.daemon.calls import Call, CallTable, LineStatus
+from hindsight.daemon.calls import Call, CallTable
+from hindsight.replies import LineStatus
 
 RATE = 16000
 BLOCK = 320  # 20 ms, the contract's default
@@ -75,14 +76,14 @@ class OldTable(CallTable):
 
 def old_line_status(line: LineConfig, call: Call | None) -> LineStatus:
     if call is None:
-        return LineStatus(line.name, line.device, None, 0.0, False, 0, 0.0)
+        return LineStatus(line.name, None, 0.0, False, line.device, 0, 0.0)
     rate = call.samplerate
     return LineStatus(
         line.name,
-        line.device,
         call.call_id,
         round(call.seconds(), 3),
         call.marked,
+        line.device,
         call.status_flags,
         round(call.gap_frames / rate, 3),
     )
@@ -158,7 +159,7 @@ def line_entry(i: int) -> dict[str, object]:
 
 def live_table(kind: type[Timed], config: Config) -> Timed:
     sampled = itertools.cycle([True] + [False] * 9)
-    table = kind(config, Pool(config.buffer.memory_mb), draw=lambda: next(sampled))
+    table = kind(config, Pool(config.buffer.memory_mb), draw=lambda _: (None, next(sampled)))
     for line in config.lines:
         table.start(line.name, None, None)
     return table

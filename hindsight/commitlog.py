@@ -8,7 +8,9 @@ Rules:
 
 - Append-only: a whole line once written is never rewritten, truncated or removed, not even
   a torn tail left by a crash. A log whose chain is broken or whose tail is torn is reported
-  and refused; it is never silently extended or repaired.
+  and refused; it is never silently extended or repaired. Only a person moves a torn tail
+  aside, with ``hindsight audit repair`` (``hindsight.audit.repair``), and the daemon logs
+  that repair at its next start.
 - Every append is written and fsynced before it returns. An append that fails part-way (a
   full disk) is cut back to the end of the last whole line: those bytes were never
   acknowledged, and leaving them would tear the log for good. Only when that cut fails too
@@ -37,7 +39,7 @@ from typing import Any, BinaryIO, NoReturn, Self
 
 from hindsight import clock
 from hindsight.durable import fsync_dir, make_dirs
-from hindsight.errors import CommitLogError
+from hindsight.errors import CommitLogError, TornTailError
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,15 @@ def _dumps(obj: Mapping[str, Any], *, sort_keys: bool = False) -> str:
     )
 
 
+def canonical(obj: Mapping[str, Any]) -> bytes:
+    """``obj`` in the contract's canonical form: compact JSON, keys sorted, UTF-8."""
+    return _dumps(obj, sort_keys=True).encode("utf-8")
+
+
 def entry_hash(obj: Mapping[str, Any]) -> str:
     """Hex SHA-256 of ``obj`` without its ``hash`` key, in the contract's canonical form."""
     body = {key: value for key, value in obj.items() if key != "hash"}
-    return hashlib.sha256(_dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical(body)).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,10 +102,11 @@ def _reject_constant(name: str) -> NoReturn:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def _torn(name: str, raw: _RawLine, why: str) -> CommitLogError:
-    return CommitLogError(
+def _torn(name: str, raw: _RawLine, why: str) -> TornTailError:
+    return TornTailError(
         f"{name} line {raw.number}: the tail is torn at byte offset {raw.offset} ({why}; "
-        "an append was cut short, probably by a crash)"
+        "an append was cut short, probably by a crash)",
+        raw.offset,
     )
 
 
@@ -181,9 +189,12 @@ class _Calls:
 
     ids: set[str] = field(default_factory=set)
     open: dict[str, str] = field(default_factory=dict)
+    last_epoch: int = 0  # the last sampling epoch opened; 0 before any
 
     def note(self, entry: Mapping[str, Any]) -> None:
         event, call_id = entry["event"], entry.get("call_id")
+        if event == "sampling_epoch" and isinstance(entry.get("epoch"), int):
+            self.last_epoch = max(self.last_epoch, entry["epoch"])
         if not isinstance(call_id, str):
             return
         if event == "call_started":
@@ -240,8 +251,20 @@ def _resume(path: Path) -> tuple[_Chain, _Calls]:
             chain.check(number, entry)
             calls.note(entry)
     except CommitLogError as exc:
-        raise CommitLogError(f"{exc}; the log will not be extended") from exc
+        raise CommitLogError(
+            f"{exc}; the log will not be extended{_repair_hint(exc, path)}"
+        ) from exc
     return chain, calls
+
+
+def _repair_hint(exc: CommitLogError, path: Path) -> str:
+    """A torn tail is a crash's doing, and has a remedy; any other break is not repaired."""
+    if not isinstance(exc, TornTailError):
+        return ""
+    return (
+        f": run `hindsight audit repair --state-dir {path.parent}` to move the torn bytes "
+        "aside for the auditor, then start again"
+    )
 
 
 class CommitLog:
@@ -281,6 +304,11 @@ class CommitLog:
     @property
     def last_seq(self) -> int:
         return self._chain.seq
+
+    @property
+    def last_epoch(self) -> int:
+        """The number of the last sampling epoch the log opened; 0 before any."""
+        return self._calls.last_epoch
 
     @property
     def last_hash(self) -> str:

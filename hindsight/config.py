@@ -73,7 +73,7 @@ MAX_LINE_CHANNELS = 8
 _CLIP = 40
 SCHEMES = ("ipc://", "tcp://")  # the ZeroMQ transports the control socket may use
 # What a [[clients]] entry may be; hindsight.daemon.rights says what each may do.
-ROLES = ("telephony", "agent", "reviewer", "admin")
+ROLES = ("telephony", "agent", "reviewer", "auditor", "admin")
 # A CURVE key as ZeroMQ writes it: 32 bytes in Z85 (ZeroMQ RFC 32), 40 characters.
 Z85_KEY_CHARS = 40
 _Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"

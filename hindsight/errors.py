@@ -23,6 +23,14 @@ class CommitLogError(HindsightError):
     """The commit log is unreadable, torn or fails its hash chain."""
 
 
+class TornTailError(CommitLogError):
+    """The commit log ends in an append cut short; its whole lines end at byte ``offset``."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
 class StoreError(HindsightError):
     """A recording could not be written durably."""
 

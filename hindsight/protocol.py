@@ -34,6 +34,7 @@ from hindsight.errors import ClientError, ProtocolError
 from hindsight.replies import (
     AccessReply,
     CallReply,
+    CheckpointReply,
     Pong,
     PurgeReply,
     RecordingsReply,
@@ -185,6 +186,11 @@ class Access(Asks[AccessReply]):
     reason: str
 
 
+@dataclass(frozen=True)
+class Checkpoint(Asks[CheckpointReply]):
+    """The head of the commit log, signed: for a witness on another host."""
+
+
 Request = (
     Ping
     | Start
@@ -201,6 +207,7 @@ Request = (
     | Erase
     | Purge
     | Access
+    | Checkpoint
 )
 
 
@@ -287,6 +294,7 @@ _OPS: Mapping[str, tuple[type[Request], Callable[[Mapping[str, Any]], Request], 
     "erase": (Erase, lambda m: Erase(_id(m, "call_id"), *_signature(m)), CallReply),
     "purge": (Purge, lambda m: Purge(dry_run=_optional_bool(m, "dry_run")), PurgeReply),
     "access": (Access, lambda m: Access(_id(m, "call_id"), *_signature(m)), AccessReply),
+    "checkpoint": (Checkpoint, lambda m: Checkpoint(), CheckpointReply),
 }
 OP_NAMES: Mapping[type[Request], str] = MappingProxyType(
     {kind: op for op, (kind, _, _) in _OPS.items()}

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from hindsight.checkpoint import SignedCheckpoint
+
 
 @dataclass(frozen=True)
 class Pong:
@@ -61,6 +63,13 @@ class AccessReply:
 
     path: str
     sha256: str
+
+
+@dataclass(frozen=True)
+class CheckpointReply:
+    """``checkpoint``: the log's head, signed by the daemon's checkpoint key."""
+
+    checkpoint: SignedCheckpoint
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,16 @@ class StatusReply:
     metrics: MetricsSnapshot | None = None
 
 
-Reply = Pong | CallReply | RetentionReply | PurgeReply | AccessReply | RecordingsReply | StatusReply
+Reply = (
+    Pong
+    | CallReply
+    | RetentionReply
+    | PurgeReply
+    | AccessReply
+    | RecordingsReply
+    | StatusReply
+    | CheckpointReply
+)
 
 
 R = TypeVar("R", bound=Reply)

@@ -44,6 +44,7 @@ def config_text(tmp: Path, **over: Any) -> str:
         "devices": [],
         "control": f"ipc://{tmp}/ctl.sock",
         "daemon": "",  # more [daemon] keys, e.g. listen (extra cannot reopen that table)
+        "sampling": "",  # more [sampling] keys, e.g. epoch_hours
         "extra": "",
     }
     o.update(over)
@@ -73,6 +74,7 @@ memory_mb = {o["memory_mb"]}
 
 [sampling]
 one_in = {o["one_in"]}
+{o["sampling"]}
 {devices}
 {lines}
 {o["extra"]}

@@ -11,7 +11,7 @@ import pytest
 
 from hindsight.audit import report, verify
 from hindsight.audit.text import render
-from hindsight.commitlog import GENESIS, CommitLog, entry_hash
+from hindsight.commitlog import GENESIS, RESERVED_FIELDS, CommitLog, entry_hash
 from hindsight.errors import CommitLogError
 
 DAY = "recordings/2026/11/28"
@@ -30,10 +30,26 @@ def write_recording(state: Path, call_id: str, audio: bytes) -> dict[str, Any]:
     return {"path": rel, "sha256": digest}
 
 
+def write_sidecar(state: Path, entry: dict[str, Any], marks: tuple[str, ...] = ()) -> None:
+    """The sidecar as the daemon writes it: every field of its call_committed line, and more
+    (verify compares the two)."""
+    fields = {key: value for key, value in entry.items() if key not in RESERVED_FIELDS}
+    notes = [{"purpose": purpose, "time": entry["time"], "note": None} for purpose in marks]
+    sidecar = {**fields, "samplerate": 16000, "marks": notes}
+    (state / f"{DAY}/{entry['call_id']}.json").write_text(json.dumps(sidecar))
+
+
 def commit(
-    log: CommitLog, state: Path, call_id: str, line: str, purposes: dict[str, str], **more: Any
+    log: CommitLog,
+    state: Path,
+    call_id: str,
+    line: str,
+    purposes: dict[str, str],
+    *,
+    marks: tuple[str, ...] = (),
+    **more: Any,
 ) -> None:
-    log.append(
+    entry = log.append(
         "call_committed",
         call_id=call_id,
         line=line,
@@ -43,6 +59,7 @@ def commit(
         **write_recording(state, call_id, f"fLaC {call_id}".encode() * 100),
         **more,
     )
+    write_sidecar(state, entry, marks)
 
 
 def start(log: CommitLog, call_id: str, line: str, agent: str | None) -> None:
@@ -67,7 +84,10 @@ def build_state(state: Path) -> Path:
         log.append("daemon_started", version="0.1.0")
         start(log, "c1", "desk-01", "ann")
         log.append("call_marked", call_id="c1", line="desk-01", purpose="escalation")
-        commit(log, state, "c1", "desk-01", {"escalation": esc}, reasons=["marked"], seconds=12.5)
+        commit(
+            log, state, "c1", "desk-01", {"escalation": esc}, marks=("escalation",),
+            reasons=["marked"], seconds=12.5,
+        )  # fmt: skip
         start(log, "c2", "desk-02", None)
         wipe(log, "c2", "desk-02", 30)
         start(log, "c3", "desk-01", "bob")
@@ -387,11 +407,12 @@ def test_a_recording_a_day_past_its_retention_fails_verify_unless_held(tmp_path:
 def test_a_recording_kept_until_resolved_is_never_overdue_and_has_no_end(tmp_path: Path) -> None:
     with CommitLog.open(tmp_path / "commit.log") as log:
         start(log, "c1", "desk-01", None)
-        log.append(
+        entry = log.append(
             "call_committed", call_id="c1", line="desk-01", purposes=["escalation"],
             retention={"escalation": None}, retain_until=None,
             **write_recording(tmp_path, "c1", b"fLaC c1"),
         )  # fmt: skip
+        write_sidecar(tmp_path, entry)
     assert verify(tmp_path, datetime(2100, 1, 1, tzinfo=UTC)).ok
     purpose = report(tmp_path, NOW).to_json()["retention"]["by_purpose"]["escalation"]
     assert (purpose["no_end"], purpose["due_now"], purpose["latest_retain_until"]) == (1, 0, None)
@@ -551,7 +572,7 @@ def test_report_json_keys_and_times(tmp_path: Path) -> None:
     data = report(tmp_path, NOW).to_json()
     assert list(data) == [
         *("entries", "first_time", "last_time", "totals", "per_line", "per_agent"),
-        *("retention", "deletions", "accesses"),
+        *("retention", "deletions", "accesses", "per_day", "fairness"),
     ]
     figure_keys = list(data["totals"])
     assert figure_keys == [

@@ -35,7 +35,7 @@ def block(frames: int = 16, channels: int = 4, value: int = 0) -> Int16Array:
 def table(chunks: int = 64, one_in_draw: bool = False, **sections: Any) -> CallTable:
     pool = Pool(memory_mb=1, chunk_samples=CHUNK)
     pool._free = pool._free[-chunks:]  # a smaller pool, still the real class
-    return CallTable(make_config(**sections), pool, draw=lambda: one_in_draw)
+    return CallTable(make_config(**sections), pool, draw=lambda _: (None, one_in_draw))
 
 
 def test_consecutive_channels_become_a_plain_slice() -> None:
@@ -203,7 +203,7 @@ def two_device_table() -> CallTable:
         },
         Path("/tmp"),
     )
-    return CallTable(config, Pool(memory_mb=1, chunk_samples=CHUNK), draw=lambda: False)
+    return CallTable(config, Pool(memory_mb=1, chunk_samples=CHUNK), draw=lambda _: (None, False))
 
 
 def test_each_device_feeds_only_its_own_lines() -> None:
@@ -346,7 +346,7 @@ def test_chunks_are_conserved_and_victims_follow_the_rule_under_random_traffic()
     config = make_config(lines=lines, buffer={"max_call_seconds": 0.04})
     pool = Pool(memory_mb=1, chunk_samples=CHUNK)
     pool._free = pool._free[-20:]
-    t = CheckedTable(config, pool, draw=lambda: rng.random() < 0.1)
+    t = CheckedTable(config, pool, draw=lambda _: (None, rng.random() < 0.1))
     ended: list[Call] = []
     for _ in range(5000):
         step(t, rng, ended)

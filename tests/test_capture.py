@@ -227,7 +227,7 @@ def two_device_table_and_sources() -> tuple[CallTable, list[DeviceSource]]:
         },
         Path("/tmp"),
     )
-    table = CallTable(cfg, Pool(cfg.buffer.memory_mb), draw=lambda: False)
+    table = CallTable(cfg, Pool(cfg.buffer.memory_mb), draw=lambda _: (None, False))
     sources = [DeviceSource(cfg.audio, d, factory=FakeStream) for d in cfg.audio.devices]
     for src in sources:
         src.start(

@@ -181,7 +181,7 @@ def test_a_kept_call_lands_encrypted_to_every_recipient_of_its_purposes(
 
 
 def test_a_sampled_call_opens_for_the_global_recipients_only(sealed_config: Config) -> None:
-    table = CallTable(sealed_config, Pool(1), draw=lambda: True)
+    table = CallTable(sealed_config, Pool(1), draw=lambda _: (None, True))
     table.start("desk-01", "c-2", None)
     table.feed("default", noise(160), True)
     keep = describe(table.end("desk-01"), sealed_config)

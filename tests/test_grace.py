@@ -154,7 +154,7 @@ def test_late_marks_keep_the_dry_pool_rule_under_random_traffic() -> None:
     config = make_config(lines=lines, marking={"grace_seconds": 300})
     pool = Pool(memory_mb=1, chunk_samples=64)
     pool._free = pool._free[-20:]
-    t = CheckedTable(config, pool, draw=lambda: rng.random() < 0.1)
+    t = CheckedTable(config, pool, draw=lambda _: (None, rng.random() < 0.1))
     ended: list[Call] = []
     for _ in range(4000):
         line = rng.choice("ab")
@@ -203,7 +203,7 @@ def grace_config(tmp_path: Path, grace: float) -> Config:
 def grace_keeper(
     config: Config, log: CommitLog, settle: float = 0.0
 ) -> tuple[Keeper, CallTable, Store]:
-    table = CallTable(config, Pool(1), draw=lambda: False)
+    table = CallTable(config, Pool(1), draw=lambda _: (None, False))
     store = Store(config.daemon.state_dir)
     born: list[ThreadWorker] = []
     spawn = spawner(table.pool, store, born)
@@ -326,7 +326,7 @@ def grace_service(tmp_path: Path, grace: float = 5) -> tuple[Service, FullDiskLo
     )
     log = FullDiskLog.open(tmp_path / "commit.log")
     ended = Ended()
-    t = CallTable(config, Pool(1), draw=lambda: False)
+    t = CallTable(config, Pool(1), draw=lambda _: (None, False))
     lifecycle = Lifecycle(config, Ledger(), log, Deletions(), Pseudonyms(b"k" * 32))
     svc = Service(config, t, ended, log, lambda: {"default": "running"}, lifecycle)
     return svc, log, ended

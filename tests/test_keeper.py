@@ -132,7 +132,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 def keeper_for(
     config: Config, log: CommitLog, store: Store, **kw: Any
 ) -> tuple[Keeper, CallTable, list[ThreadWorker]]:
-    table = CallTable(config, Pool(1), draw=lambda: False)
+    table = CallTable(config, Pool(1), draw=lambda _: (None, False))
     born: list[ThreadWorker] = []
     kw.setdefault("settle_delay", (0.0, 0.0))
     keeper = Keeper(table, log, config, spawner(table.pool, store, born), QUICK, **kw)

@@ -40,7 +40,7 @@ def test_a_dry_pool_is_logged_from_the_control_loop_once_per_change(
     )
     pool = Pool(memory_mb=1, chunk_samples=64)
     pool._free = pool._free[-2:]
-    table = CallTable(config, pool, draw=lambda: False)
+    table = CallTable(config, pool, draw=lambda _: (None, False))
     watch = PoolWatch(table)
     table.start("a", None, None)
     caplog.set_level(logging.WARNING)

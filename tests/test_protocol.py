@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from hindsight.checkpoint import sign
 from hindsight.errors import ClientError, ProtocolError
 from hindsight.protocol import (
     ERROR_CODES,
@@ -27,6 +28,7 @@ from hindsight.protocol import (
     OP_NAMES,
     Access,
     Asks,
+    Checkpoint,
     End,
     Erase,
     Extend,
@@ -56,6 +58,7 @@ from hindsight.protocol import (
 from hindsight.replies import (
     AccessReply,
     CallReply,
+    CheckpointReply,
     DeviceState,
     Encryption,
     LineStatus,
@@ -493,6 +496,7 @@ REPLIES: dict[type[Any], Reply] = {
     Erase: CallReply("c1"),
     Purge: PurgeReply(("c1", "c2")),
     Access: AccessReply("recordings/c1.flac.age", "ab" * 32),
+    Checkpoint: CheckpointReply(sign(b"k" * 32, 12, "cd" * 32, "2026-11-29T05:54:21.000Z")),
 }
 
 
@@ -580,7 +584,12 @@ def test_a_malformed_ok_reply_names_its_field(frame: bytes, kind: type[Any], why
 def test_the_documented_example_replies_are_what_the_client_reads() -> None:
     text = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
     examples = [json.loads(m) for m in re.findall(r"```json\n(\{.*\})\n```", text)]
-    kinds = {"lines": StatusReply, "recordings": RecordingsReply, "path": AccessReply}
+    kinds = {
+        "lines": StatusReply,
+        "recordings": RecordingsReply,
+        "path": AccessReply,
+        "checkpoint": CheckpointReply,
+    }
     read: list[Reply] = []
     for example_reply in examples:
         (kind,) = [kinds[key] for key in example_reply if key in kinds]

@@ -50,7 +50,7 @@ def service(tmp_path: Path) -> tuple[Service, FullDiskLog, Ended]:
     )
     log = FullDiskLog.open(tmp_path / "commit.log")
     ended = Ended()
-    table = CallTable(config, Pool(1), draw=lambda: False)
+    table = CallTable(config, Pool(1), draw=lambda _: (None, False))
     lifecycle = Lifecycle(config, Ledger(), log, Deletions(), Pseudonyms(b"k" * 32))
     svc = Service(config, table, ended, log, lambda: {"default": "running"}, lifecycle)
     return svc, log, ended

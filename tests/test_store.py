@@ -30,7 +30,7 @@ def config(tmp_path: Path) -> Config:
 
 
 def ended_call(config: Config, call_id: str = "c-1") -> Call:
-    table = CallTable(config, Pool(1), draw=lambda: True)
+    table = CallTable(config, Pool(1), draw=lambda _: (None, True))
     table.start("desk-01", call_id, "ann")
     block = np.stack([np.arange(160), -np.arange(160)], axis=1).astype(np.int16)
     table.feed("default", block, True)

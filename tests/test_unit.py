@@ -511,6 +511,24 @@ def test_systemd_analyze_verify_finds_nothing_but_the_missing_binary() -> None:
     assert verified.returncode == (1 if lines else 0), lines
 
 
+WITNESS = UNIT.parent / "hindsight-witness.service"
+
+
+def test_the_witness_units_verify_and_are_rated_ok() -> None:
+    """The auditor's witness (service and timer): nothing wrong but the binary, when it is not
+    installed here, and hardened as well as the daemon."""
+    timer = WITNESS.with_suffix(".timer")
+    verified = run(analyze(), "verify", str(WITNESS), str(timer))
+    lines = [line for line in (verified.stdout + verified.stderr).splitlines() if line.strip()]
+    missing = f"{WITNESS.name}: Command /usr/local/bin/hindsight is not executable"
+    assert all(line.startswith(missing) for line in lines), "\n".join(lines)
+    assert "OnUnitActiveSec=5min" in timer.read_text()
+    rated = run(analyze(), "security", "--offline=true", str(WITNESS))
+    report = rated.stdout + rated.stderr
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?) (\S+)", report)
+    assert match and float(match[1]) <= MAX_EXPOSURE, report
+
+
 # --- the unit, the config and the user ---
 
 

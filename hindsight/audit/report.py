@@ -1,7 +1,10 @@
 """``report``: figures over the whole log (what was committed, wiped, deleted and opened,
-and why), as JSON; ``hindsight.audit.text`` renders them.
+and why, per day, and how fairly each agent and line was sampled), as JSON;
+``hindsight.audit.text`` renders them as text, ``hindsight.audit.html`` as a page.
 
 ``report`` refuses a log whose chain is broken: figures from a tampered log would mislead.
+It reads the log once, in order, and keeps per call only what the figures need; a call's
+sampling details are dropped once it has its outcome.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hindsight.audit.common import DELETION_WHYS, NO_AGENT, REASONS, UNKNOWN, iso_or_none
+from hindsight.audit.fairness import BandTally, Fairness
 from hindsight.clock import iso, utcnow
 from hindsight.commitlog import LOG_NAME, OUTCOME_EVENTS, read_chain
 from hindsight.errors import CommitLogError
@@ -138,11 +142,14 @@ class _Census:
     agents: dict[str, _Tally] = field(default_factory=dict)
     owners: dict[str, tuple[str, str]] = field(default_factory=dict)
     open_ids: set[str] = field(default_factory=set)
+    days: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def add(self, entry: Mapping[str, Any]) -> None:
         self.entries += 1
         self.first_time = self.first_time or entry["time"]
         self.last_time = entry["time"]
+        if entry["event"] in _DAY_EVENTS:
+            self.days[str(entry["time"])[:10], entry["event"]] += 1
         call_id = entry.get("call_id")
         if not isinstance(call_id, str):
             self.totals.add(entry, was_open=False)
@@ -167,7 +174,9 @@ class _Census:
             return True
         return False
 
-    def freeze(self, retention: Retention, accesses: Sequence[Access]) -> Report:
+    def freeze(
+        self, retention: Retention, accesses: Sequence[Access], fairness: Fairness
+    ) -> Report:
         return Report(
             entries=self.entries,
             first_time=self.first_time,
@@ -177,7 +186,36 @@ class _Census:
             per_agent=_freeze_groups(self.agents),
             retention=retention,
             accesses=accesses,
+            per_day=self._per_day(),
+            fairness=fairness,
         )
+
+    def _per_day(self) -> dict[date, Day]:
+        """The days with a call event, in order; a line whose time does not start with a
+        date (no daemon writes one) is in no day."""
+        days: dict[date, Day] = {}
+        for day in sorted({day for day, _ in self.days}):
+            try:
+                when = date.fromisoformat(day)
+            except ValueError:
+                continue
+            days[when] = Day(*(self.days[day, event] for event in _DAY_EVENTS))
+        return days
+
+
+_DAY_EVENTS = ("call_started", "call_committed", "call_wiped")
+
+
+@dataclass(frozen=True)
+class Day:
+    """One UTC day's call events, by the date of their lines' ``time``."""
+
+    started: int
+    committed: int
+    wiped: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"started": self.started, "committed": self.committed, "wiped": self.wiped}
 
 
 def _owner(entry: Mapping[str, Any]) -> tuple[str, str]:
@@ -187,6 +225,86 @@ def _owner(entry: Mapping[str, Any]) -> tuple[str, str]:
 
 def _freeze_groups(groups: Mapping[str, _Tally]) -> dict[str, Figures]:
     return {name: tally.freeze() for name, tally in sorted(groups.items())}
+
+
+# ---------------------------------------------------------------------------------------------
+# fairness
+
+
+class _Start(NamedTuple):  # a tuple: one is made for every call, and a tuple is quick to make
+    """What a call's outcome needs from its start: whose it is and how it was drawn.
+
+    ``one_in`` is None when the start named no declared epoch: such a call is counted apart,
+    so it is ``eligible`` whatever it announced (its sampling purpose is not in the log).
+    """
+
+    line: str
+    agent: str
+    one_in: int | None
+    eligible: bool
+
+
+def _whole(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass
+class _Draws:
+    """Follows each call from its start to its outcome for the fairness bands (see
+    ``hindsight.audit.fairness``), holding only the calls still open and each epoch's
+    ``one_in`` and purpose."""
+
+    epochs: dict[int, tuple[int, str]] = field(default_factory=dict)
+    open: dict[str, _Start] = field(default_factory=dict)
+    totals: BandTally = field(default_factory=BandTally)
+    lines: dict[str, BandTally] = field(default_factory=dict)
+    agents: dict[str, BandTally] = field(default_factory=dict)
+
+    def add(self, entry: Mapping[str, Any]) -> None:
+        event, call_id = entry["event"], entry.get("call_id")
+        if event == "sampling_epoch":
+            self._declare(entry)
+        elif not isinstance(call_id, str):
+            return
+        elif event == "call_started":
+            self.open.setdefault(call_id, self._start(entry))
+        elif event in OUTCOME_EVENTS:
+            self._settle(self.open.pop(call_id, None), entry)
+
+    def _declare(self, entry: Mapping[str, Any]) -> None:
+        """An epoch counts from its first declaration, when it says how calls were drawn."""
+        epoch, one_in = _whole(entry.get("epoch")), _whole(entry.get("one_in"))
+        purpose = entry.get("purpose")
+        if epoch is not None and one_in is not None and one_in >= 0 and isinstance(purpose, str):
+            self.epochs.setdefault(epoch, (one_in, purpose))
+
+    def _start(self, entry: Mapping[str, Any]) -> _Start:
+        line, agent = _owner(entry)
+        epoch = _whole(entry.get("epoch"))
+        if epoch is None or epoch not in self.epochs:
+            return _Start(line, agent, None, eligible=True)
+        one_in, purpose = self.epochs[epoch]
+        announced = entry.get("announced")
+        return _Start(line, agent, one_in, isinstance(announced, list) and purpose in announced)
+
+    def _settle(self, start: _Start | None, outcome: Mapping[str, Any]) -> None:
+        """Count an eligible call's outcome; a lost call's draw was never acted on."""
+        if start is None or not start.eligible or outcome.get("why") == "lost_in_crash":
+            return
+        sampled = "sampled" in _names(outcome.get("reasons"))
+        for tally in (
+            self.totals,
+            self.lines.setdefault(start.line, BandTally()),
+            self.agents.setdefault(start.agent, BandTally()),
+        ):
+            tally.add(start.one_in, sampled)
+
+    def freeze(self) -> Fairness:
+        return Fairness(
+            totals=self.totals.freeze(),
+            per_line={name: t.freeze() for name, t in sorted(self.lines.items())},
+            per_agent={name: t.freeze() for name, t in sorted(self.agents.items())},
+        )
 
 
 @dataclass(frozen=True)
@@ -336,6 +454,8 @@ class Report:
     per_agent: Mapping[str, Figures]
     retention: Retention
     accesses: Sequence[Access]
+    per_day: Mapping[date, Day]
+    fairness: Fairness
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON; keys are stable and always present.
@@ -356,6 +476,11 @@ class Report:
         unless erased) and ``premature`` (an ``expired`` one that was not due). ``accesses``:
         every ``recording_accessed`` in log order, as ``log_line``, ``call_id``, ``time``,
         ``actor`` and ``reason``.
+
+        ``per_day``: ``YYYY-MM-DD`` (UTC) -> ``started``, ``committed``, ``wiped`` (the call
+        events of that day), only days with one, in order. ``fairness``: ``confidence``
+        (0.999), then ``totals``, ``per_line`` and ``per_agent`` (name -> band object, sorted,
+        only groups with a settled call); see ``hindsight.audit.fairness.Band.to_json``.
         """
         return {
             "entries": self.entries,
@@ -367,6 +492,10 @@ class Report:
             "retention": self.retention.to_json(),
             "deletions": [_deletion_json(deletion) for deletion in self.retention.deletions],
             "accesses": [access.to_json() for access in self.accesses],
+            "per_day": {
+                day.isoformat(): figures.to_json() for day, figures in self.per_day.items()
+            },
+            "fairness": self.fairness.to_json(),
         }
 
 
@@ -377,10 +506,12 @@ def report(state_dir: Path, now: datetime | None = None) -> Report:
     path = state_dir / LOG_NAME
     if not path.is_file():
         raise CommitLogError(f"{LOG_NAME} is missing in {state_dir}")
-    census, ledger, accesses = _Census(), Ledger(), []
+    census, ledger, draws, accesses = _Census(), Ledger(), _Draws(), []
     for entry in read_chain(path):
         census.add(entry)
         ledger.apply(entry)
+        draws.add(entry)
         if entry["event"] == "recording_accessed":
             accesses.append(Access.of(entry))
-    return census.freeze(Retention.of(ledger, utcnow() if now is None else now), accesses)
+    retention = Retention.of(ledger, utcnow() if now is None else now)
+    return census.freeze(retention, accesses, draws.freeze())

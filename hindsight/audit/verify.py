@@ -17,20 +17,28 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import pyrage
+
 from hindsight.audit.common import DELETION_WHYS, shown
+from hindsight.audit.draws import Draws
+from hindsight.checkpoint import SignedCheckpoint
 from hindsight.clock import iso, utcnow
-from hindsight.commitlog import LOG_NAME, read_chain
+from hindsight.commitlog import LOG_NAME, RESERVED_FIELDS, read_chain
+from hindsight.daemon.repaired import EVENT as LOG_REPAIRED
+from hindsight.daemon.repaired import Repair
 from hindsight.durable import file_sha256
 from hindsight.errors import CommitLogError
 from hindsight.layout import RECORDINGS, sidecar_path
+from hindsight.record import COMMITTED_FIELDS, Committed
 from hindsight.retention import Deletion, Ledger, Recording
 
 # ---------------------------------------------------------------------------------------------
@@ -45,6 +53,8 @@ class VerifyResult:
     problem: str | None
     entries: int
     recordings: int
+    draws: int = 0  # calls whose sampling draw was recomputed
+    unverified_epochs: tuple[int, ...] = ()  # sampling epochs whose seed is not known
 
 
 @dataclass
@@ -52,6 +62,7 @@ class _Call:
     started: int
     run: int
     outcome: int | None = None
+    marks: list[object] = field(default_factory=list)  # the purposes of its call_marked lines
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,8 @@ class _Commit:
     call_id: str
     path: str
     sha256: str
+    fields: Mapping[str, Any]  # the whole call_committed line, which its sidecar must match
+    marks: tuple[object, ...]  # the purposes the call was marked for, in the log's order
 
 
 def _at(entry: Mapping[str, Any]) -> str:
@@ -88,7 +101,10 @@ class _CallRules:
     run_starts: list[int] = field(default_factory=lambda: [0])
     stopped_at: int | None = None
     commits: list[_Commit] = field(default_factory=list)
+    repairs: list[tuple[int, Repair]] = field(default_factory=list)  # log_repaired, by line
     retention: Ledger = field(default_factory=Ledger)
+    draws: Draws = field(default_factory=Draws)
+    witnessed: Mapping[int, SignedCheckpoint] = field(default_factory=dict)
 
     rules: dict[str, _Rule] = field(init=False, repr=False, compare=False)
 
@@ -102,12 +118,18 @@ class _CallRules:
             "call_wiped": self._outcome,
             "recording_deleted": self._recording_deleted,
             "recording_accessed": self._recording_accessed,
+            LOG_REPAIRED: self._log_repaired,
         }
 
     def feed(self, entry: Mapping[str, Any]) -> None:
         self.entries += 1
         if self.problem is None:
-            self.problem = self.rules.get(entry["event"], _no_rule)(entry) or self._retain(entry)
+            self.problem = (
+                self._as_witnessed(entry)
+                or self.rules.get(entry["event"], _no_rule)(entry)
+                or self._retain(entry)
+                or self.draws.feed(entry)
+            )
 
     def _retain(self, entry: Mapping[str, Any]) -> str | None:
         try:
@@ -115,6 +137,26 @@ class _CallRules:
         except CommitLogError as exc:
             return str(exc)
         return None
+
+    def _as_witnessed(self, entry: Mapping[str, Any]) -> str | None:
+        seen = self.witnessed.get(entry["seq"])
+        if seen is None or seen.hash == entry["hash"]:
+            return None
+        return (
+            f"{_at(entry)} has hash {entry['hash'][:16]}…, but a witness saw hash "
+            f"{seen.hash[:16]}… there on {seen.time}: the log was rewritten"
+        )
+
+    def cut_short(self) -> str | None:
+        """The log ends before a line a witness saw."""
+        last = max(self.witnessed, default=0)
+        if last <= self.entries:
+            return None
+        seen = self.witnessed[last]
+        return (
+            f"{LOG_NAME} ends at line {self.entries}, but a witness saw line {last} on "
+            f"{seen.time}: the log was cut short"
+        )
 
     @property
     def run(self) -> int:
@@ -152,6 +194,8 @@ class _CallRules:
             return (
                 f"{_at(entry)}: call {call_id!r} is marked after its outcome on line {call.outcome}"
             )
+        if call is not None and entry.get("purpose") not in call.marks:
+            call.marks.append(entry.get("purpose"))
         return problem
 
     def _outcome(self, entry: Mapping[str, Any]) -> str | None:
@@ -176,7 +220,22 @@ class _CallRules:
         if not isinstance(digest, str):
             return f"{_at(entry)}: call_committed has no sha256"
         assert isinstance(path, str)
-        self.commits.append(_Commit(entry["seq"], entry["call_id"], path, digest))
+        marks = tuple(self.calls[entry["call_id"]].marks)
+        self.commits.append(_Commit(entry["seq"], entry["call_id"], path, digest, entry, marks))
+        return None
+
+    def _log_repaired(self, entry: Mapping[str, Any]) -> str | None:
+        """``hindsight audit repair`` moved a torn tail aside; its copy is checked later."""
+        names = [field.name for field in dataclasses.fields(Repair)]
+        if not all(name in entry for name in names):
+            return f"{_at(entry)}: log_repaired must give {', '.join(names)}"
+        repair = Repair(*(entry[name] for name in names))
+        problem = repair.problem()
+        if problem is None and repair.after_seq >= entry["seq"]:
+            problem = "after_seq must be a line before it"
+        if problem is not None:
+            return f"{_at(entry)}: log_repaired: {problem}"
+        self.repairs.append((entry["seq"], repair))
         return None
 
     def _recording_deleted(self, entry: Mapping[str, Any]) -> str | None:
@@ -281,6 +340,57 @@ def _check_sidecar(state_dir: Path, commit: _Commit) -> str | None:
         commit.sha256,
     ):
         return f"{where}: sidecar {sidecar} disagrees with the log on call_id or sha256"
+    return _fields_disagree(data, commit) or _marks_disagree(data, commit)
+
+
+# Sidecar fields of before 0.2 (``ended``, ``caller_ref``): an old sidecar lacks them, and a
+# call_committed recovered from it then holds their default.
+_DEFAULTS = {
+    field.name: field.default
+    for field in dataclasses.fields(Committed)
+    if field.default is not dataclasses.MISSING
+}
+
+
+def _canonical(value: object) -> str:
+    """Equal JSON values compare equal, and only those: 0 is not false, nor 1 1.0."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _fields_disagree(data: Mapping[str, Any], commit: _Commit) -> str | None:
+    """The sidecar repeats every field of its call_committed line but what only the log adds
+    (its framing, ``recovered``): a field the two share must be equal, by name, and a sidecar
+    field the line holds must be in the sidecar. The line is the one of the commit: a resolve
+    or extension later changes the ledger's end, never the sidecar's."""
+    for key, logged in commit.fields.items():
+        if key in RESERVED_FIELDS:
+            continue
+        said = f"{LOG_NAME} line {commit.seq} says {logged!r}"
+        if key in data:
+            if _canonical(data[key]) != _canonical(logged):
+                return f"sidecar of call {commit.call_id!r} says {key} {data[key]!r} but {said}"
+        elif key in COMMITTED_FIELDS and not (
+            key in _DEFAULTS and _canonical(logged) == _canonical(_DEFAULTS[key])
+        ):
+            return f"sidecar of call {commit.call_id!r} has no {key}, yet {said}"
+    return None
+
+
+def _marks_disagree(data: Mapping[str, Any], commit: _Commit) -> str | None:
+    """The log holds the first mark of each purpose (call_marked), never a note: the sidecar's
+    marks must name the same purposes, first seen in the same order."""
+    marks = data.get("marks", [])
+    if not isinstance(marks, list) or not all(isinstance(mark, dict) for mark in marks):
+        return f"sidecar of call {commit.call_id!r} has marks that are not a list of objects"
+    said: list[object] = []
+    for mark in marks:
+        if mark.get("purpose") not in said:
+            said.append(mark.get("purpose"))
+    if said != list(commit.marks):
+        return (
+            f"sidecar of call {commit.call_id!r} says marks for {said!r} but {LOG_NAME} marks "
+            f"it for {list(commit.marks)!r} (its call_marked lines before line {commit.seq})"
+        )
     return None
 
 
@@ -397,7 +507,45 @@ def _unaccounted(
     return None
 
 
+def _empty_beside_recordings(state_dir: Path, entries: int) -> str | None:
+    """An empty log accounts for nothing: recordings beside it mean it was emptied."""
+    if entries:
+        return None
+    try:
+        files = sum(1 for _ in _files_under(state_dir))
+    except OSError as exc:
+        return f"{exc.filename} cannot be listed ({exc.strerror or exc})"
+    if files:
+        return f"{LOG_NAME} is empty, yet {RECORDINGS}/ holds {files} files"
+    return None
+
+
+def _torn_copies(state_dir: Path, repairs: Iterable[tuple[int, Repair]]) -> str | None:
+    """Every torn tail a repair moved aside is still kept, byte for byte, beside the log."""
+    for seq, repair in repairs:
+        copy = state_dir / repair.kept_as
+        try:
+            size, digest = copy.stat().st_size, file_sha256(copy)
+        except OSError as exc:
+            return (
+                f"{LOG_NAME} line {seq}: {repair.kept_as}, the torn tail a repair moved aside, "
+                f"cannot be read ({exc.strerror or exc}); it is kept for the auditor"
+            )
+        if (size, digest) != (repair.torn_bytes, repair.torn_sha256):
+            return (
+                f"{LOG_NAME} line {seq}: {repair.kept_as} is not the torn tail the repair moved "
+                f"aside ({size} bytes, sha256 {digest}; logged {repair.torn_bytes} bytes, "
+                f"sha256 {repair.torn_sha256})"
+            )
+    return None
+
+
 def _check_recordings(state_dir: Path, rules: _CallRules) -> tuple[int, str | None]:
+    problem = _empty_beside_recordings(state_dir, rules.entries) or _torn_copies(
+        state_dir, rules.repairs
+    )
+    if problem is not None:
+        return 0, problem
     live = rules.live_commits()
     for checked, commit in enumerate(live):
         problem = _check_recording(state_dir, commit)
@@ -424,28 +572,53 @@ def _overdue(retention: Ledger, now: datetime) -> str | None:
     return None
 
 
-def _walk(path: Path) -> tuple[_CallRules, str | None]:
+def _walk(
+    path: Path,
+    identities: Sequence[pyrage.x25519.Identity],
+    witnessed: Mapping[int, SignedCheckpoint],
+) -> tuple[_CallRules, str | None]:
     """The whole chain first; a chain problem outranks any call-rule problem."""
-    rules = _CallRules()
+    rules = _CallRules(draws=Draws(identities), witnessed=witnessed)
     try:
         for entry in read_chain(path):
             rules.feed(entry)
     except CommitLogError as exc:
         return rules, str(exc)
-    return rules, rules.problem or rules.open_call_problem() or _premature(rules.retention)
+    return rules, (
+        rules.problem
+        or rules.cut_short()
+        or rules.open_call_problem()
+        or _premature(rules.retention)
+        or rules.draws.finish()
+    )
 
 
-def verify(state_dir: Path, now: datetime | None = None) -> VerifyResult:
-    """Check the log's chain, its call and retention rules, every committed recording and
+def verify(
+    state_dir: Path,
+    now: datetime | None = None,
+    identities: Sequence[pyrage.x25519.Identity] = (),
+    witnessed: Mapping[int, SignedCheckpoint] | None = None,
+) -> VerifyResult:
+    """Check the log's chain, its call and retention rules, every sampling draw whose seed is
+    known (revealed, or sealed to one of ``identities``), every committed recording and
     sidecar, that the log accounts for every file under recordings/, and that nothing is
-    overdue at ``now`` (by default, the current time)."""
+    overdue at ``now`` (by default, the current time). With ``witnessed`` (a witness's
+    checkpoints by line), every line a witness saw must still be there with that hash."""
     path = state_dir / LOG_NAME
     if not path.is_file():
         return VerifyResult(False, f"{LOG_NAME} is missing or not a file in {state_dir}", 0, 0)
-    rules, problem = _walk(path)
+    rules, problem = _walk(path, identities, witnessed or {})
     checked = 0
     if problem is None:
         checked, problem = _check_recordings(state_dir, rules)
     if problem is None:
         problem = _overdue(rules.retention, utcnow() if now is None else now)
-    return VerifyResult(problem is None, problem, rules.entries, checked)
+    draws = rules.draws
+    return VerifyResult(
+        problem is None,
+        problem,
+        rules.entries,
+        checked,
+        draws.checked,
+        tuple(draws.unverified),
+    )

@@ -12,13 +12,21 @@ from typing import Any
 
 from hindsight import audit
 from hindsight.audit import text as audit_text
+from hindsight.audit import witness
+from hindsight.client.access import load_identities
+from hindsight.client.options import connection_options, endpoint_of, timeout_seconds
+from hindsight.client.transport import send
+from hindsight.protocol import Checkpoint
 
 
 def add_audit(commands: Any) -> None:
     audit_parser = commands.add_parser("audit", help="check and report on a state dir")
     verbs = audit_parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     _add_verify(verbs)
+    _add_witness(verbs)
     _add_report(verbs)
+    _add_register(verbs)
+    _add_repair(verbs)
 
 
 def _state_dir(verb: argparse.ArgumentParser) -> None:
@@ -28,26 +36,148 @@ def _state_dir(verb: argparse.ArgumentParser) -> None:
 def _add_verify(verbs: Any) -> None:
     verify = verbs.add_parser("verify", help="check the commit log and recordings")
     _state_dir(verify)
+    verify.add_argument(
+        "--identity",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="an auditor's age identity: opens the sealed seeds of sampling epochs that a "
+        "crash left unrevealed (repeatable)",
+    )
+    verify.add_argument(
+        "--witness",
+        type=Path,
+        metavar="DIR",
+        help="a witness's store (audit witness --store): fail when the log no longer holds "
+        "a line the witness saw, with the hash it saw",
+    )
     verify.set_defaults(run=cmd_verify)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    result = audit.verify(Path(args.state_dir))
+    identities = [key for path in args.identity for key in load_identities(path)]
+    witnessed = None if args.witness is None else witness.Store(args.witness).witnessed()
+    result = audit.verify(Path(args.state_dir), identities=identities, witnessed=witnessed)
     if not result.ok:
         print(f"hindsight: audit failed: {result.problem}", file=sys.stderr)
         return 1
-    print(f"ok: {result.entries} log entries chained, {result.recordings} recordings intact")
+    print(
+        f"ok: {result.entries} log entries chained, {result.recordings} recordings intact, "
+        f"{result.draws} sampling draws recomputed"
+    )
+    if result.unverified_epochs:
+        epochs = ", ".join(map(str, result.unverified_epochs))
+        print(
+            f"not verified: the draws of sampling epoch(s) {epochs}, whose seed a crash kept "
+            "from being revealed (give an auditor's --identity to open their sealed seeds)"
+        )
     return 0
+
+
+def _add_witness(verbs: Any) -> None:
+    sub = verbs.add_parser(
+        "witness", help="keep signed checkpoints of a recorder's log, on another host"
+    )
+    connection_options(sub, suppress=True)
+    sub.add_argument("--store", type=Path, required=True, metavar="DIR", help="where to keep them")
+    when = sub.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help="one checkpoint, then exit (default)")
+    when.add_argument(
+        "--every", type=timeout_seconds, metavar="SECONDS", help="a checkpoint every SECONDS"
+    )
+    sub.set_defaults(run=cmd_witness)
+
+
+def cmd_witness(args: argparse.Namespace) -> int:
+    endpoint, timeout = endpoint_of(args), args.timeout
+    store = witness.Store(args.store)
+    return witness.run(lambda: send(endpoint, Checkpoint(), timeout).checkpoint, store, args.every)
 
 
 def _add_report(verbs: Any) -> None:
     report = verbs.add_parser("report", help="what was committed, wiped, deleted and why")
     _state_dir(report)
-    report.add_argument("--json", action="store_true")
+    output = report.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true")
+    output.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="write the report as one self-contained HTML page with charts, instead of text",
+    )
     report.set_defaults(run=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     result = audit.report(Path(args.state_dir))
+    if args.html is not None:
+        # Imported here: matplotlib takes a while to load, and only the page needs it.
+        from hindsight.audit import html as audit_html
+
+        audit_html.write(result, args.html)
+        print(f"wrote the report to {args.html.resolve()}")
+        return 0
     print(json.dumps(result.to_json(), indent=2) if args.json else audit_text.render(result))
+    return 0
+
+
+def _add_register(verbs: Any) -> None:
+    register = verbs.add_parser(
+        "register", help="the GDPR Art. 30 record of processing, from the config and the log"
+    )
+    # SUPPRESS: an absent --config leaves the one given before the command name in force.
+    register.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="the daemon's config (default: $HINDSIGHT_CONFIG, else /etc/hindsight/hindsight.toml)",
+    )
+    register.add_argument("--state-dir", help="also report from this state_dir's commit log")
+    register.add_argument("--json", action="store_true")
+    register.set_defaults(run=cmd_register)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    # Imported here, not at the top, so that this verb stays one block at the end of the file.
+    from hindsight.audit import register
+    from hindsight.config import load_config, resolve_config_path
+    from hindsight.errors import ClientError, ConfigError
+    from hindsight.protocol import EXIT_USAGE
+
+    path = resolve_config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        raise ClientError(f"audit register needs a valid config: {exc}", EXIT_USAGE) from exc
+    record = register.register(config, None if args.state_dir is None else Path(args.state_dir))
+    for missing in record.missing:
+        print(f"hindsight: warning: {missing} is not set; the record says so", file=sys.stderr)
+    print(json.dumps(record.to_json(), indent=2) if args.json else register.render(record))
+    return 0
+
+
+def _add_repair(verbs: Any) -> None:
+    repair = verbs.add_parser(
+        "repair",
+        help="move a commit log's torn tail (a crash's) aside, so that the daemon starts again",
+    )
+    _state_dir(repair)
+    repair.set_defaults(run=cmd_repair)
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    # Imported here, not at the top, so that this verb stays one block at the end of the file.
+    from hindsight.audit.repair import repair
+
+    done = repair(Path(args.state_dir))
+    kept = done.repair
+    state_dir = Path(args.state_dir)
+    print(f"repaired: {done.tear}")
+    finished = " (finishing a repair a crash had cut short)" if done.resumed else ""
+    print(
+        f"moved {kept.torn_bytes} torn byte(s) (sha256 {kept.torn_sha256}) into "
+        f"{state_dir / kept.kept_as}{finished}; {state_dir / 'commit.log'} now ends at seq "
+        f"{kept.after_seq}"
+    )
+    print("the daemon logs it (log_repaired) at its next start; keep the copy for the auditor")
     return 0

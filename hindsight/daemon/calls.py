@@ -7,7 +7,8 @@ Rules:
   across I/O; nothing in this module does I/O.
 - ``feed`` runs on the audio thread. It copies a device's block into the live
   calls of that device's lines and drops the audio of idle lines at once.
-- The sampling draw happens at ``start`` from ``secrets``. Its result lives in
+- The sampling draw happens at ``start``: the HMAC of the call id under the current
+  sampling epoch's secret seed (``hindsight.daemon.epochs``). Its result lives in
   ``Call.sampled`` and is never part of any reply.
 - A dry pool takes a chunk from the longest live call, unkept calls before kept
   ones. "Longest" is read from a ranking by the audio a call's chunks can span,
@@ -69,6 +70,7 @@ class Call:
     ended_at: float | None = None  # time.monotonic() at its end
     grace: float = 0.0  # seconds after its end that a mark may still keep it
     claims: int = 0  # marks on their way to the log: the keeper does not take it meanwhile
+    epoch: int | None = None  # the sampling epoch whose seed drew it
 
     @property
     def buffered(self) -> bool:
@@ -180,7 +182,7 @@ class CallTable:
         config: Config,
         pool: Pool,
         known_ids: set[str] | None = None,
-        draw: Callable[[], bool] | None = None,
+        draw: Callable[[str], tuple[int | None, bool]] | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -188,7 +190,9 @@ class CallTable:
         # Ids already used: the commit log's own set, which learns each new id
         # when its call_started is appended, right after ``start`` returns.
         self._known_ids = known_ids if known_ids is not None else set()
-        self._draw = draw or (lambda: draw_sample(self.config.sampling.one_in))
+        # A call id's sampling epoch and draw; the daemon's is its Sampler's (hindsight.daemon.
+        # epochs), the default (for tests) a draw from secrets outside any epoch.
+        self._draw = draw or (lambda _: (None, draw_sample(self.config.sampling.one_in)))
         self._max_frames = round(config.buffer.max_call_seconds * config.audio.samplerate)
         self.pool_steals = 0  # chunks taken from live calls because the pool ran dry
         self.dropped_frames = 0  # frames no chunk at all could hold
@@ -264,11 +268,13 @@ class CallTable:
         """A call begins; ``announced`` (else the line's list) names what the caller was told."""
         slot = self._slot(line)
         config = self._lines[slot]
-        call = self._new_call(config, call_id or "", agent, _announced(config, announced))
+        # The id first: the sampling draw is of the call id.
+        call = self._new_call(
+            config, call_id or self._fresh_id(), agent, _announced(config, announced)
+        )
         with self.lock:
             if self._slots[slot] is not None:
                 raise ProtocolError("call_active", f"line {line} already has a live call")
-            call.call_id = call_id or self._fresh_id()
             if call.call_id in self._known_ids:
                 raise ProtocolError("bad_request", f"call id {call.call_id} was already used")
             self._slots[slot] = call
@@ -453,8 +459,11 @@ class CallTable:
         rate = self.config.audio.samplerate
         # Drawn for every call, announced or not, so that nothing about the draw varies;
         # it counts only when the caller was told of the sampling purpose.
-        drawn = self._draw() and self.config.sampling.purpose in announced
-        return Call(call_id, line, agent, utcnow(), drawn, buffer, rate, announced=announced)
+        epoch, picked = self._draw(call_id)
+        drawn = picked and self.config.sampling.purpose in announced
+        call = Call(call_id, line, agent, utcnow(), drawn, buffer, rate, announced=announced)
+        call.epoch = epoch
+        return call
 
     @staticmethod
     def _line_status(line: LineConfig, seen: LineSnapshot | None) -> LineStatus:

@@ -38,13 +38,14 @@ from types import FrameType
 
 import zmq
 
-from hindsight import __version__
+from hindsight import __version__, checkpoint
 from hindsight.clock import iso, utcnow
 from hindsight.commitlog import LOG_NAME, CommitLog
 from hindsight.config import Config, is_loopback, load_config, resolve_config_path
-from hindsight.daemon import logs, systemd
+from hindsight.daemon import keyfile, logs, systemd
 from hindsight.daemon.buffer import CHUNK_SAMPLES, Pool, chunk_count
 from hindsight.daemon.calls import CallTable
+from hindsight.daemon.epochs import Sampler
 from hindsight.daemon.harden import harden_process
 from hindsight.daemon.host import UMASK, check_host, make_state_dir
 from hindsight.daemon.keeper import Keeper, process_spawner
@@ -54,6 +55,7 @@ from hindsight.daemon.metrics import Metrics
 from hindsight.daemon.pseudonym import Pseudonyms
 from hindsight.daemon.recovery import settle_open_calls
 from hindsight.daemon.reload import refusals
+from hindsight.daemon.repaired import log_repairs
 from hindsight.daemon.server import ClientKeys, ControlServer, Curve, load_server_keys
 from hindsight.daemon.service import Service
 from hindsight.daemon.sources import Source, loop_source
@@ -127,7 +129,8 @@ class Daemon:
         count = chunk_count(self.config.buffer.memory_mb)
         memory = PoolMemory.create(count * CHUNK_SAMPLES * 2, self.config.buffer.require_lock)
         pool = Pool(self.config.buffer.memory_mb, data=memory.array(CHUNK_SAMPLES))
-        table = CallTable(self.config, pool, known_ids=commit_log.call_ids)
+        sampler = Sampler(commit_log)
+        table = CallTable(self.config, pool, known_ids=commit_log.call_ids, draw=sampler.draw)
         spawn = process_spawner(memory, CHUNK_SAMPLES, self.config.daemon.state_dir)
         keeper = Keeper(
             table, commit_log, self.config, spawn, hang_seconds=self.config.worker.hang_seconds
@@ -135,6 +138,12 @@ class Daemon:
         ledger = rebuild(commit_log.path)
         finish_deletions(ledger, self.config.daemon.state_dir)
         pseudonyms = Pseudonyms.open(self.config.daemon.state_dir)
+        signing = keyfile.secret(
+            self.config.daemon.state_dir,
+            checkpoint.KEY_NAME,
+            checkpoint.KEY_BYTES,
+            "checkpoint key",
+        )
         lifecycle = Lifecycle(self.config, ledger, commit_log, keeper, pseudonyms)
         sources = build_sources(self.config)
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -143,8 +152,11 @@ class Daemon:
         service = Service(
             self.config, table, keeper, commit_log, lambda: _states(sources), lifecycle
         )
+        service.checkpoint_key = signing
         flow = systemd.Flow([source.name for source in sources])
-        self._parts = _Parts(table, keeper, lifecycle, service, commit_log, sources, flow, keys)
+        self._parts = _Parts(
+            table, keeper, lifecycle, service, commit_log, sources, flow, keys, sampler
+        )
         try:
             self._parts.listener = _listener(context, self.config, keys)
             self._start(commit_log, keeper, table, sources, pool)
@@ -182,7 +194,10 @@ class Daemon:
             )
         sha = self.config.sha256
         commit_log.append("daemon_started", version=__version__, config_sha256=sha)
+        log_repairs(commit_log, self.config.daemon.state_dir)  # what `audit repair` did
         settle_open_calls(commit_log, self.config.daemon.state_dir)
+        # Before any call can start: its seed is committed in the log first.
+        self._parts.sampler.open(self.config)
         log.info(
             "hindsightd %s up: %d lines, %d devices, pool of %d chunks, control at %s",
             __version__,
@@ -229,6 +244,7 @@ class Daemon:
                 now = time.monotonic()
                 purger.check(now)
                 metrics.check(now)
+                self._parts.sampler.tick(self.config)
                 states = _states(self._parts.sources)
                 for name in notifier.tick(now, self._status_line, states):
                     log.error(
@@ -310,6 +326,7 @@ class Daemon:
         parts.lifecycle.reconfigure(new)
         parts.service.config = new
         parts.keys.update(new.clients)  # daemon.listen: a removed key is refused from now on
+        parts.sampler.reconfigure(new)  # a new one_in or purpose: a new epoch
         if parts.purger is not None:
             parts.purger.interval = new.retention.purge_interval_seconds
         if parts.metrics is not None:
@@ -342,6 +359,7 @@ class Daemon:
             server.serve_pending(service.handle)
             if self._parts.listener is not None:
                 self._parts.listener.serve_pending(service.handle)
+        self._parts.sampler.end()  # every call is settled: the last epochs are revealed
         commit_log.append("daemon_stopped", version=__version__)
         log.info("hindsightd stopped")
 
@@ -358,6 +376,7 @@ class _Parts:
     sources: list[Source]
     flow: systemd.Flow
     keys: ClientKeys
+    sampler: Sampler
     purger: Purger | None = None
     metrics: Metrics | None = None
     listener: ControlServer | None = None

@@ -15,17 +15,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
-import secrets
-import stat
 from pathlib import Path
 
-from hindsight.durable import fsync_dir
-from hindsight.errors import HindsightError
+from hindsight.daemon import keyfile
+from hindsight.daemon.keyfile import KEY_MODE as KEY_MODE
 
 KEY_NAME = "caller.key"
 KEY_BYTES = 32
-KEY_MODE = 0o600
 _LAYOUT = str.maketrans("", "", " -.()\t")
 
 log = logging.getLogger(__name__)
@@ -38,56 +34,8 @@ class Pseudonyms:
     @classmethod
     def open(cls, state_dir: Path) -> Pseudonyms:
         """The key under ``state_dir``, made (0600, durably) the first time."""
-        path = state_dir / KEY_NAME
-        try:
-            key = _read_key(path)
-        except FileNotFoundError:
-            return cls(_make_key(path, state_dir))
-        _tighten(path)
-        return cls(key)
+        return cls(keyfile.secret(state_dir, KEY_NAME, KEY_BYTES, "caller key"))
 
     def ref(self, number: str) -> str:
         dialled = number.translate(_LAYOUT)
         return hmac.new(self._key, dialled.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-def _make_key(path: Path, state_dir: Path) -> bytes:
-    key = secrets.token_bytes(KEY_BYTES)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, KEY_MODE)
-        try:
-            os.fchmod(fd, KEY_MODE)  # exactly, whatever the umask: the daemon must read it back
-            os.write(fd, key)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(state_dir)
-    except OSError as exc:
-        raise HindsightError(f"cannot create the caller key {path}: {exc}") from exc
-    return key
-
-
-def _tighten(path: Path) -> None:
-    """A key that others, or the group, may read is made the owner's alone, with a warning."""
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & ~KEY_MODE:
-            os.chmod(path, mode & KEY_MODE)
-    except OSError as exc:
-        raise HindsightError(f"cannot make the caller key {path} private: {exc}") from exc
-    if mode & ~KEY_MODE:
-        log.warning(
-            "%s was open to the group or others (mode %04o); now %04o", path, mode, mode & KEY_MODE
-        )
-
-
-def _read_key(path: Path) -> bytes:
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise HindsightError(f"cannot read the caller key {path}: {exc}") from exc
-    if len(key) != KEY_BYTES:
-        raise HindsightError(f"{path} is not a caller key ({len(key)} bytes, not {KEY_BYTES})")
-    return key

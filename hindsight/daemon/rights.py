@@ -31,6 +31,7 @@ from hindsight.config import ClientConfig, Config
 from hindsight.errors import HindsightError, ProtocolError
 from hindsight.protocol import (
     Access,
+    Checkpoint,
     End,
     Extend,
     Mark,
@@ -53,6 +54,8 @@ ALLOWED: Mapping[str, frozenset[type[Any]]] = {
     "telephony": frozenset({Ping, Start, End, Pause, Resume, Status}),
     "agent": frozenset({Ping, Mark, Status}),
     "reviewer": frozenset({Ping, Recordings, Access, Resolve, Extend}),
+    # A witness on another host: signed checkpoints of the log's head, nothing else.
+    "auditor": frozenset({Ping, Checkpoint}),
 }
 DENIED = "this client may not send this request"
 

@@ -12,7 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from hindsight import __version__
+from hindsight import __version__, checkpoint
+from hindsight.clock import iso, utcnow
 from hindsight.commitlog import CommitLog
 from hindsight.config import Config
 from hindsight.daemon import rights
@@ -22,6 +23,7 @@ from hindsight.daemon.metrics import Metrics
 from hindsight.errors import HindsightError, ProtocolError
 from hindsight.protocol import (
     Access,
+    Checkpoint,
     End,
     Erase,
     Extend,
@@ -44,6 +46,7 @@ from hindsight.protocol import (
 from hindsight.replies import (
     AccessReply,
     CallReply,
+    CheckpointReply,
     DeviceState,
     Encryption,
     Pong,
@@ -83,6 +86,7 @@ class Service:
         self.log = commit_log
         self.device_states = device_states
         self.metrics: Metrics | None = None  # set by the daemon's main loop
+        self.checkpoint_key: bytes | None = None  # set by the daemon: signs ``checkpoint``
         self.accepting = True
         self._ops: dict[type[Any], Callable[[Any], Reply]] = {
             Ping: self._ping,
@@ -100,6 +104,7 @@ class Service:
             Erase: self._erase,
             Purge: self._purge,
             Access: self._access,
+            Checkpoint: self._checkpoint,
         }
 
     def handle(self, frame: bytes, client: str | None = None) -> bytes:
@@ -115,7 +120,7 @@ class Service:
             return error_reply("internal", str(exc))
 
     def _dispatch(self, request: Request, client: str | None) -> Reply:
-        if not self.accepting and not isinstance(request, Ping | Status):
+        if not self.accepting and not isinstance(request, Ping | Status | Checkpoint):
             raise ProtocolError("not_allowed", "the daemon is shutting down")
         return rights.run(self.config, self.log, client, request, self._ops[type(request)])
 
@@ -130,7 +135,9 @@ class Service:
         # kept, logged and written to the sidecar.
         if request.caller is not None:
             call.caller_ref = self.lifecycle.pseudonyms.ref(request.caller)
-        extra = {} if call.caller_ref is None else {"caller_ref": call.caller_ref}
+        extra: dict[str, Any] = {} if call.caller_ref is None else {"caller_ref": call.caller_ref}
+        if call.epoch is not None:
+            extra["epoch"] = call.epoch
         try:
             self.log.append(
                 "call_started",
@@ -237,6 +244,14 @@ class Service:
         # Logged first: nobody learns where a recording is unless the log says who and why.
         recording = self.lifecycle.access(request.call_id, request.actor, request.reason)
         return AccessReply(recording.path, recording.sha256)
+
+    def _checkpoint(self, request: Checkpoint) -> CheckpointReply:
+        if self.checkpoint_key is None:
+            raise ProtocolError("internal", "this daemon has no checkpoint key")
+        with self.log.still():  # the seq and hash of one line
+            seq, head = self.log.last_seq, self.log.last_hash
+        signed = checkpoint.sign(self.checkpoint_key, seq, head, iso(utcnow()))
+        return CheckpointReply(signed)
 
     def _declared(self, purpose: str) -> str:
         if self.config.purpose(purpose) is None:

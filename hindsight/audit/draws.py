@@ -1,0 +1,199 @@
+"""The sampling draws recomputed: every call of every epoch whose seed is known.
+
+Rules:
+
+- ``sampling_epoch`` lines number the epochs 1, 2, … with no gap; each names ``one_in``, the
+  sampling purpose and the seed's ``commitment``. A ``call_started`` with an ``epoch`` names
+  the epoch open at that point of the log.
+- A seed is known from its ``sampling_reveal`` (which must match the commitment) or, for an
+  epoch a crash left unrevealed, from its ``sealed_seed`` opened with an auditor's age
+  identity. The calls of an epoch wait (in memory, per epoch) until its seed is known.
+- With the seed, a call with the sampling purpose announced that the draw picked must be
+  kept with reason ``sampled`` (or wiped for a reason other than ``not_kept``: lost in a
+  crash, no audio, a store that failed); a call kept with reason ``sampled`` must have been
+  picked with the purpose announced.
+- An epoch whose seed stays unknown is not a failure: ``unverified`` names it, and the
+  command line says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyrage
+
+from hindsight.commitlog import LOG_NAME
+from hindsight.sampling import commitment, picked, seed_from_hex
+
+_HEX64 = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """A call of an epoch with its outcome, as much as the draw's check needs."""
+
+    call_id: str
+    line: int  # the outcome's log line
+    eligible: bool  # the sampling purpose was announced
+    committed: bool
+    sampled: bool  # kept with reason "sampled"
+    wiped_unkept: bool  # wiped as not_kept
+
+
+@dataclass
+class _Epoch:
+    number: int
+    one_in: int
+    purpose: str
+    commitment: str
+    sealed: str | None
+    seed: bytes | None = None
+    waiting: list[_Settled] = field(default_factory=list)  # until the seed is known
+
+
+@dataclass
+class Draws:
+    """Fed every entry in log order; ``problem`` is the first draw that does not match."""
+
+    identities: Sequence[pyrage.x25519.Identity] = ()
+    epochs: dict[int, _Epoch] = field(default_factory=dict)
+    current: int | None = None
+    checked: int = 0  # calls whose draw was recomputed
+    _calls: dict[str, tuple[int, bool]] = field(default_factory=dict)  # open: epoch, eligible
+
+    def feed(self, entry: Mapping[str, Any]) -> str | None:
+        event = entry["event"]
+        if event == "sampling_epoch":
+            return self._opened(entry)
+        if event == "sampling_reveal":
+            return self._revealed(entry)
+        if event == "call_started":
+            return self._started(entry)
+        if event in ("call_committed", "call_wiped"):
+            return self._settled(entry)
+        return None
+
+    def finish(self) -> str | None:
+        """At the log's end: open the sealed seeds of epochs never revealed, where an
+        identity can, and check their calls."""
+        for epoch in self.epochs.values():
+            if epoch.seed is None and epoch.sealed is not None and self.identities:
+                seed = self._unseal(epoch)
+                if seed is None:
+                    continue
+                problem = self._know(epoch, seed, f"sampling epoch {epoch.number}'s sealed_seed")
+                if problem is not None:
+                    return problem
+        return None
+
+    @property
+    def unverified(self) -> list[int]:
+        """Epochs with calls whose seed is unknown (a crash, and no identity to unseal)."""
+        return [e.number for e in self.epochs.values() if e.seed is None and e.waiting]
+
+    def _opened(self, entry: Mapping[str, Any]) -> str | None:
+        number, one_in = entry.get("epoch"), entry.get("one_in")
+        expected = max(self.epochs, default=0) + 1
+        if not isinstance(number, int) or isinstance(number, bool) or number != expected:
+            return f"{_at(entry)}: sampling_epoch numbered {number!r}, not {expected}"
+        if not isinstance(one_in, int) or isinstance(one_in, bool) or one_in < 0:
+            return f"{_at(entry)}: sampling_epoch has one_in {one_in!r}"
+        pledge, purpose = entry.get("commitment"), entry.get("purpose")
+        if not isinstance(pledge, str) or len(pledge) != 64 or not set(pledge) <= _HEX64:
+            return f"{_at(entry)}: sampling_epoch's commitment is not a SHA-256 in hex"
+        if not isinstance(purpose, str):
+            return f"{_at(entry)}: sampling_epoch names no purpose"
+        sealed = entry.get("sealed_seed")
+        self.epochs[number] = _Epoch(
+            number, one_in, purpose, pledge, sealed if isinstance(sealed, str) else None
+        )
+        self.current = number
+        return None
+
+    def _revealed(self, entry: Mapping[str, Any]) -> str | None:
+        epoch = self.epochs.get(entry.get("epoch"))  # type: ignore[arg-type]
+        if epoch is None or epoch.seed is not None:
+            return f"{_at(entry)}: sampling_reveal of epoch {entry.get('epoch')!r}, not open"
+        seed = seed_from_hex(entry.get("seed"))
+        if seed is None:
+            return f"{_at(entry)}: sampling_reveal's seed is not 32 bytes of hex"
+        return self._know(epoch, seed, _at(entry))
+
+    def _know(self, epoch: _Epoch, seed: bytes, where: str) -> str | None:
+        if commitment(seed) != epoch.commitment:
+            return f"{where}: the seed does not match epoch {epoch.number}'s commitment"
+        epoch.seed = seed
+        waiting, epoch.waiting = epoch.waiting, []
+        for call in waiting:
+            problem = self._check(epoch, call)
+            if problem is not None:
+                return problem
+        return None
+
+    def _started(self, entry: Mapping[str, Any]) -> str | None:
+        number = entry.get("epoch")
+        if number is None:
+            return None  # a log from before epochs
+        if number != self.current:
+            return (
+                f"{_at(entry)}: call_started names sampling epoch {number!r}, but the epoch "
+                f"open there is {self.current!r}"
+            )
+        epoch = self.epochs[number]
+        announced = entry.get("announced")
+        eligible = isinstance(announced, list) and epoch.purpose in announced
+        self._calls[str(entry.get("call_id"))] = (number, eligible)
+        return None
+
+    def _settled(self, entry: Mapping[str, Any]) -> str | None:
+        found = self._calls.pop(str(entry.get("call_id")), None)
+        if found is None:
+            return None
+        number, eligible = found
+        reasons = entry.get("reasons")  # also on a wipe of a call that was to be kept
+        call = _Settled(
+            call_id=str(entry["call_id"]),
+            line=entry["seq"],
+            eligible=eligible,
+            committed=entry["event"] == "call_committed",
+            sampled=isinstance(reasons, list) and "sampled" in reasons,
+            wiped_unkept=entry["event"] == "call_wiped" and entry.get("why") == "not_kept",
+        )
+        epoch = self.epochs[number]
+        if epoch.seed is None:
+            epoch.waiting.append(call)
+            return None
+        return self._check(epoch, call)
+
+    def _check(self, epoch: _Epoch, call: _Settled) -> str | None:
+        self.checked += 1
+        assert epoch.seed is not None
+        pick = picked(epoch.seed, call.call_id, epoch.one_in) and call.eligible
+        where = f"{LOG_NAME} line {call.line}: call {call.call_id!r}"
+        if call.sampled and not pick:
+            return (
+                f"{where} was kept as sampled, but the draw of sampling epoch {epoch.number} "
+                "did not pick it"
+            )
+        if pick and call.wiped_unkept:
+            return f"{where} was picked by the draw of sampling epoch {epoch.number}, yet wiped"
+        if pick and call.committed and not call.sampled:
+            return (
+                f"{where} was picked by the draw of sampling epoch {epoch.number}, "
+                "yet kept without reason sampled"
+            )
+        return None
+
+    def _unseal(self, epoch: _Epoch) -> bytes | None:
+        assert epoch.sealed is not None
+        try:
+            text = pyrage.decrypt(epoch.sealed.encode("ascii"), list(self.identities))
+        except (pyrage.DecryptError, UnicodeError):
+            return None
+        return seed_from_hex(text.decode("ascii", errors="replace").strip())
+
+
+def _at(entry: Mapping[str, Any]) -> str:
+    return f"{LOG_NAME} line {entry['seq']}"

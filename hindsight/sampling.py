@@ -1,0 +1,40 @@
+"""The sampling draw, as the daemon makes it and an auditor recomputes it. No I/O.
+
+A sampling epoch has a 32-byte seed. A call's draw is HMAC-SHA-256 keyed with the seed over
+the call id's UTF-8 bytes; the call is picked when the digest's first 8 bytes, read as a
+big-endian unsigned integer, are below ``2**64 // one_in`` (never with ``one_in`` 0). The
+log commits to the seed when the epoch opens (``commitment``: the SHA-256 of the seed, hex)
+and reveals it when the epoch ends, so the draw is unpredictable to anyone without the seed
+and recomputable by everyone after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+SEED_BYTES = 32
+_SPAN = 2**64
+
+
+def commitment(seed: bytes) -> str:
+    """What ``sampling_epoch`` logs of a seed: its SHA-256, hex."""
+    return hashlib.sha256(seed).hexdigest()
+
+
+def picked(seed: bytes, call_id: str, one_in: int) -> bool:
+    """Whether the epoch of ``seed`` picks ``call_id`` when 1 call in ``one_in`` is sampled."""
+    if one_in <= 0:
+        return False
+    digest = hmac.new(seed, call_id.encode("utf-8"), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") < _SPAN // one_in
+
+
+def seed_from_hex(text: object) -> bytes | None:
+    """A revealed (or unsealed) seed from its hex form; None when it is not 32 bytes of hex."""
+    if not isinstance(text, str) or len(text) != 2 * SEED_BYTES:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None
