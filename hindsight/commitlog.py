@@ -124,12 +124,20 @@ def _parse(name: str, raw: _RawLine) -> dict[str, Any]:
     return obj
 
 
-def read_entries(path: Path) -> Iterator[dict[str, Any]]:
-    """Parse every line of the log, without checking the chain (see ``read_chain``)."""
+# Called with (lines read, bytes read) after each line is parsed, before it is yielded.
+LineHook = Callable[[int, int], None]
+
+
+def read_entries(path: Path, on_line: LineHook | None = None) -> Iterator[dict[str, Any]]:
+    """Parse every line of the log, without checking the chain (see ``read_chain``);
+    ``on_line``, if given, is told how far the reading has come (a progress bar)."""
     try:
         with path.open("rb") as handle:
             for raw in _raw_lines(handle):
-                yield _parse(path.name, raw)
+                entry = _parse(path.name, raw)
+                if on_line is not None:
+                    on_line(raw.number, raw.offset + len(raw.data))
+                yield entry
     except OSError as exc:
         raise CommitLogError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
 
@@ -171,10 +179,10 @@ def _safe_hash(entry: Mapping[str, Any]) -> str | None:
         return None
 
 
-def read_chain(path: Path) -> Iterator[dict[str, Any]]:
+def read_chain(path: Path, on_line: LineHook | None = None) -> Iterator[dict[str, Any]]:
     """``read_entries`` that also checks seq, prev and hash, raising on the first break."""
     chain = _Chain(path.name)
-    for number, entry in enumerate(read_entries(path), start=1):
+    for number, entry in enumerate(read_entries(path, on_line), start=1):
         chain.check(number, entry)
         yield entry
 

@@ -984,7 +984,7 @@ def test_listen_problems(tmp_path: Path, daemon: str, expected: str) -> None:
         ),
         (
             client("a", KEY_A, "agnet"),
-            "clients[0].role: must be one of 'telephony', 'agent', 'reviewer', 'admin', "
+            "clients[0].role: must be one of 'telephony', 'agent', 'reviewer', 'auditor', 'admin', "
             "got 'agnet' (did you mean 'agent'?)",
         ),
         (

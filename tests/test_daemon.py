@@ -88,7 +88,8 @@ def test_an_unkept_call_leaves_no_file_and_a_logged_wipe(tmp_path: Path) -> None
         (wiped,) = d.wait_for_event("call_wiped")
     assert wiped["call_id"] == call_id and wiped["seconds"] > 0.3
     # The log, and the key of callers' pseudonyms: nothing of the call.
-    assert files_under(d.state) == [d.state / "caller.key", d.state / "commit.log"]
+    keys = [d.state / "caller.key", d.state / "checkpoint.key"]
+    assert files_under(d.state) == [*keys, d.state / "commit.log"]
     assert "+31205551234" not in (d.state / "commit.log").read_text()
     assert "+31205551234" not in d.stderr()
 

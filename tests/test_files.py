@@ -1,8 +1,9 @@
 """Who may read what the daemon leaves on disk, whatever the umask; and where call ids may lead.
 
 Rule: under state_dir, folders are 0750 and files 0640 (the group is the daemon's own, for
-auditors), the caller key 0600, and nothing has a bit for other users, whatever umask the
-daemon was started with. A call id names a file under recordings/ and nothing else.
+auditors), the caller key and the checkpoint key 0600, and nothing has a bit for other users,
+whatever umask the daemon was started with. A call id names a file under recordings/ and
+nothing else.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from hindsight import checkpoint
 from hindsight.commitlog import CommitLog
 from hindsight.daemon.pseudonym import KEY_NAME, Pseudonyms
 from hindsight.daemon.store import Sink
@@ -138,6 +140,7 @@ def test_nothing_under_state_dir_is_for_other_users_even_with_umask_000(tmp_path
         ".": 0o750,
         "commit.log": 0o640,
         KEY_NAME: 0o600,
+        checkpoint.KEY_NAME: 0o600,
         "recordings": 0o750,
         **{f"recordings/{day.rsplit('/', n)[0]}": 0o750 for n in (0, 1, 2)},
         committed["path"]: 0o640,
@@ -209,6 +212,7 @@ def test_hostile_call_ids_are_refused_and_lead_nowhere(tmp_path: Path) -> None:
         "hindsight.toml",
         "state",
         "state/caller.key",
+        "state/checkpoint.key",
         "state/commit.log",
     ]
     recordings = (d.state / "recordings").rglob("*")

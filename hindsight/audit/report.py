@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from hindsight.audit.common import DELETION_WHYS, NO_AGENT, REASONS, UNKNOWN, iso_or_none
 from hindsight.audit.fairness import BandTally, Fairness
 from hindsight.clock import iso, utcnow
-from hindsight.commitlog import LOG_NAME, OUTCOME_EVENTS, read_chain
+from hindsight.commitlog import LOG_NAME, OUTCOME_EVENTS, LineHook, read_chain
 from hindsight.errors import CommitLogError
 from hindsight.retention import Deletion, Ledger, Recording
 
@@ -499,15 +499,15 @@ class Report:
         }
 
 
-def report(state_dir: Path, now: datetime | None = None) -> Report:
+def report(state_dir: Path, now: datetime | None = None, on_line: LineHook | None = None) -> Report:
     """Figures over the whole log, retention as of ``now`` (by default the current time);
     raises CommitLogError when the log is missing, its chain breaks, or a retention event
-    cannot be read."""
+    cannot be read. ``on_line`` is told how far the reading has come (a progress bar)."""
     path = state_dir / LOG_NAME
     if not path.is_file():
         raise CommitLogError(f"{LOG_NAME} is missing in {state_dir}")
     census, ledger, draws, accesses = _Census(), Ledger(), _Draws(), []
-    for entry in read_chain(path):
+    for entry in read_chain(path, on_line):
         census.add(entry)
         ledger.apply(entry)
         draws.add(entry)

@@ -32,7 +32,7 @@ from hindsight.audit.common import DELETION_WHYS, shown
 from hindsight.audit.draws import Draws
 from hindsight.checkpoint import SignedCheckpoint
 from hindsight.clock import iso, utcnow
-from hindsight.commitlog import LOG_NAME, RESERVED_FIELDS, read_chain
+from hindsight.commitlog import LOG_NAME, RESERVED_FIELDS, LineHook, read_chain
 from hindsight.daemon.repaired import EVENT as LOG_REPAIRED
 from hindsight.daemon.repaired import Repair
 from hindsight.durable import file_sha256
@@ -576,11 +576,12 @@ def _walk(
     path: Path,
     identities: Sequence[pyrage.x25519.Identity],
     witnessed: Mapping[int, SignedCheckpoint],
+    on_line: LineHook | None,
 ) -> tuple[_CallRules, str | None]:
     """The whole chain first; a chain problem outranks any call-rule problem."""
     rules = _CallRules(draws=Draws(identities), witnessed=witnessed)
     try:
-        for entry in read_chain(path):
+        for entry in read_chain(path, on_line):
             rules.feed(entry)
     except CommitLogError as exc:
         return rules, str(exc)
@@ -598,16 +599,18 @@ def verify(
     now: datetime | None = None,
     identities: Sequence[pyrage.x25519.Identity] = (),
     witnessed: Mapping[int, SignedCheckpoint] | None = None,
+    on_line: LineHook | None = None,
 ) -> VerifyResult:
     """Check the log's chain, its call and retention rules, every sampling draw whose seed is
     known (revealed, or sealed to one of ``identities``), every committed recording and
     sidecar, that the log accounts for every file under recordings/, and that nothing is
     overdue at ``now`` (by default, the current time). With ``witnessed`` (a witness's
-    checkpoints by line), every line a witness saw must still be there with that hash."""
+    checkpoints by line), every line a witness saw must still be there with that hash.
+    ``on_line`` is told how far the reading of the log has come (a progress bar)."""
     path = state_dir / LOG_NAME
     if not path.is_file():
         return VerifyResult(False, f"{LOG_NAME} is missing or not a file in {state_dir}", 0, 0)
-    rules, problem = _walk(path, identities, witnessed or {})
+    rules, problem = _walk(path, identities, witnessed or {}, on_line)
     checked = 0
     if problem is None:
         checked, problem = _check_recordings(state_dir, rules)

@@ -13,9 +13,11 @@ from typing import Any
 from hindsight import audit
 from hindsight.audit import text as audit_text
 from hindsight.audit import witness
+from hindsight.audit.progress import bar
 from hindsight.client.access import load_identities
 from hindsight.client.options import connection_options, endpoint_of, timeout_seconds
 from hindsight.client.transport import send
+from hindsight.commitlog import LOG_NAME
 from hindsight.protocol import Checkpoint
 
 
@@ -27,6 +29,7 @@ def add_audit(commands: Any) -> None:
     _add_report(verbs)
     _add_register(verbs)
     _add_repair(verbs)
+    _add_show(verbs)
 
 
 def _state_dir(verb: argparse.ArgumentParser) -> None:
@@ -58,7 +61,11 @@ def _add_verify(verbs: Any) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     identities = [key for path in args.identity for key in load_identities(path)]
     witnessed = None if args.witness is None else witness.Store(args.witness).witnessed()
-    result = audit.verify(Path(args.state_dir), identities=identities, witnessed=witnessed)
+    state_dir = Path(args.state_dir)
+    with bar(state_dir / LOG_NAME, "verifying") as on_line:
+        result = audit.verify(
+            state_dir, identities=identities, witnessed=witnessed, on_line=on_line
+        )
     if not result.ok:
         print(f"hindsight: audit failed: {result.problem}", file=sys.stderr)
         return 1
@@ -110,7 +117,9 @@ def _add_report(verbs: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    result = audit.report(Path(args.state_dir))
+    state_dir = Path(args.state_dir)
+    with bar(state_dir / LOG_NAME, "reading") as on_line:
+        result = audit.report(state_dir, on_line=on_line)
     if args.html is not None:
         # Imported here: matplotlib takes a while to load, and only the page needs it.
         from hindsight.audit import html as audit_html
@@ -180,4 +189,28 @@ def cmd_repair(args: argparse.Namespace) -> int:
         f"{kept.after_seq}"
     )
     print("the daemon logs it (log_repaired) at its next start; keep the copy for the auditor")
+    return 0
+
+
+def _add_show(verbs: Any) -> None:
+    show = verbs.add_parser("show", help="one call's whole story, from the log and its files")
+    show.add_argument("call_id", metavar="CALL", help="the call's id")
+    _state_dir(show)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=cmd_show)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    # Imported here, not at the top, so that this verb stays one block at the end of the file.
+    from hindsight.audit.common import shown
+    from hindsight.audit.show import render, show
+    from hindsight.errors import ClientError
+    from hindsight.protocol import EXIT_REFUSED
+
+    state_dir = Path(args.state_dir)
+    with bar(state_dir / LOG_NAME, "reading") as on_line:
+        story = show(state_dir, args.call_id, on_line)
+    if story is None:
+        raise ClientError(f"no call {shown(args.call_id)} in commit.log", EXIT_REFUSED)
+    print(json.dumps(story.to_json(), indent=2) if args.json else render(story))
     return 0
