@@ -255,3 +255,25 @@ def test_epochs_must_be_numbered_without_a_gap_and_calls_name_the_open_one(
         log.append("call_started", call_id="c1", line="d", agent=None, announced=[], epoch=2)
     problem = str(audit.verify(other).problem)
     assert "call_started names sampling epoch 2, but the epoch open there is 1" in problem
+
+
+def test_a_reveal_before_the_last_call_of_its_epoch_settled_fails_verify(tmp_path: Path) -> None:
+    with Daemon(tmp_path, one_in=2) as d:
+        run_calls_on(d, 2)
+    entries = d.entries()
+    (reveal,) = [e for e in entries if e["event"] == "sampling_reveal"]
+    last_outcome = max(e["seq"] for e in entries if e["event"] in ("call_committed", "call_wiped"))
+    # Move the reveal before the last outcome, re-chained: a daemon that told too early.
+    moved = [e for e in entries if e["seq"] != reveal["seq"]]
+    at = next(i for i, e in enumerate(moved) if e["seq"] == last_outcome)
+    moved.insert(at, reveal)
+    log = d.state / "commit.log"
+    log.write_text("".join(json.dumps(e) + "\n" for e in moved))
+    rechain(log, lambda e: e)
+    renumbered = [json.loads(line) for line in log.read_text().splitlines()]
+    for seq, entry in enumerate(renumbered, start=1):
+        entry["seq"] = seq
+    log.write_text("".join(json.dumps(e) + "\n" for e in renumbered))
+    rechain(log, lambda e: e)
+    problem = str(audit.verify(d.state).problem)
+    assert "settled after sampling epoch 1 was revealed" in problem, problem

@@ -7,7 +7,8 @@ Rules:
   the epoch open at that point of the log.
 - A seed is known from its ``sampling_reveal`` (which must match the commitment) or, for an
   epoch a crash left unrevealed, from its ``sealed_seed`` opened with an auditor's age
-  identity. The calls of an epoch wait (in memory, per epoch) until its seed is known.
+  identity. The calls of an epoch wait (in memory, per epoch) until its seed is known. A
+  call that settles after its epoch's reveal is a failure: its draw was public too early.
 - With the seed, a call with the sampling purpose announced that the draw picked must be
   kept with reason ``sampled`` (or wiped for a reason other than ``not_kept``: lost in a
   crash, no audio, a store that failed); a call kept with reason ``sampled`` must have been
@@ -162,10 +163,13 @@ class Draws:
             wiped_unkept=entry["event"] == "call_wiped" and entry.get("why") == "not_kept",
         )
         epoch = self.epochs[number]
-        if epoch.seed is None:
-            epoch.waiting.append(call)
-            return None
-        return self._check(epoch, call)
+        if epoch.seed is not None:  # only a reveal makes it known while the log is read
+            return (
+                f"{_at(entry)}: call {call.call_id!r} settled after sampling epoch {number} "
+                "was revealed: its draw was public before its outcome"
+            )
+        epoch.waiting.append(call)
+        return None
 
     def _check(self, epoch: _Epoch, call: _Settled) -> str | None:
         self.checked += 1
