@@ -112,7 +112,7 @@ def test_a_sampled_commit_turned_into_a_wipe_and_rechained_fails_verify(tmp_path
     rechain(d.state / "commit.log", to_wipe)
     result = audit.verify(d.state)
     assert not result.ok
-    assert f"call {victim!r} was picked by the draw of sampling epoch 1, yet wiped" in str(
+    assert f"call {victim!r} was picked by the draw of sampling epoch 1, yet not kept" in str(
         result.problem
     )
 
@@ -167,28 +167,30 @@ def test_a_crash_leaves_the_epoch_sealed_to_the_auditors_who_can_still_verify_it
     assert opened["sealed_seed"].startswith("-----BEGIN AGE ENCRYPTED FILE-----")
     blind = audit.verify(d.state)
     assert blind.ok and blind.draws == 0 and blind.unverified_epochs == (1,)
-    seeing = audit.verify(d.state, identities=load_identities(key))
-    assert seeing.ok and seeing.draws == len(ids) and seeing.unverified_epochs == ()
-    # Debian's age opens it too: the seed in hex, as sampling_reveal would have had it.
+    # While that run may still be live (nothing says it stopped), even an auditor's identity
+    # opens nothing: a draw is never known before its call's outcome.
+    early = audit.verify(d.state, identities=load_identities(key))
+    assert early.ok and early.draws == 0
+    # Debian's age opens it: the seed in hex, as sampling_reveal would have had it.
     opened_by_age = subprocess.run(
         ["age", "-d", "-i", str(key)], input=opened["sealed_seed"].encode(), capture_output=True
     )
     assert opened_by_age.returncode == 0, opened_by_age.stderr
     seed = opened_by_age.stdout.decode().strip()
     assert hashlib.sha256(bytes.fromhex(seed)).hexdigest() == opened["commitment"]
-    # The command line says what it could not verify, and verifies it with the identity.
-    plain = cli("audit", "verify", "--state-dir", str(d.state))
-    assert (
-        plain.returncode == 0 and "not verified: the draws of sampling epoch(s) 1" in plain.stdout
-    )
-    sealed = cli("audit", "verify", "--state-dir", str(d.state), "--identity", str(key))
-    assert sealed.returncode == 0 and f"{len(ids)} sampling draws recomputed" in sealed.stdout
-    assert "not verified" not in sealed.stdout
-    # The next start opens epoch 2, and the lost calls do not break anything.
+    # The next start opens epoch 2; epoch 1 is over, and the auditor can verify it.
     with d:
         run_calls_on_line(d, "d0")
     assert [e["epoch"] for e in d.entries() if e["event"] == "sampling_epoch"] == [1, 2]
-    assert audit.verify(d.state, identities=load_identities(key)).ok
+    seeing = audit.verify(d.state, identities=load_identities(key))
+    assert seeing.ok and seeing.draws == len(ids) + 1 and seeing.unverified_epochs == ()
+    # The command line says what it could not verify, and verifies it with the identity.
+    plain = cli("audit", "verify", "--state-dir", str(d.state))
+    assert plain.returncode == 0
+    assert "not verified: the draws of sampling epoch(s) 1" in plain.stdout
+    sealed = cli("audit", "verify", "--state-dir", str(d.state), "--identity", str(key))
+    assert sealed.returncode == 0 and f"{len(ids) + 1} sampling draws recomputed" in sealed.stdout
+    assert "not verified" not in sealed.stdout
 
 
 def run_calls_on_line(d: Daemon, line: str) -> None:
@@ -276,4 +278,81 @@ def test_a_reveal_before_the_last_call_of_its_epoch_settled_fails_verify(tmp_pat
     log.write_text("".join(json.dumps(e) + "\n" for e in renumbered))
     rechain(log, lambda e: e)
     problem = str(audit.verify(d.state).problem)
-    assert "settled after sampling epoch 1 was revealed" in problem, problem
+    assert "sampling_reveal of epoch 1 while 1 of its calls have no outcome" in problem, problem
+
+
+SEED = bytes(range(32))
+
+
+def synthetic(tmp_path: Path, *lines: tuple[str, dict[str, Any]]) -> Path:
+    """A state dir whose log is a run with one epoch (1 in 1: every call picked) and ``lines``."""
+    state = tmp_path / "state"
+    with CommitLog.open(state / "commit.log") as log:
+        log.append("daemon_started", version="t", config_sha256=None)
+        log.append(
+            "sampling_epoch", epoch=1, one_in=1, purpose="training", commitment=commitment(SEED)
+        )
+        for event, fields in lines:
+            log.append(event, **fields)
+    return state
+
+
+def started(call_id: str, **more: Any) -> tuple[str, dict[str, Any]]:
+    fields = {"call_id": call_id, "line": "d", "agent": None, "announced": ["training"]}
+    return "call_started", fields | {"epoch": 1} | more
+
+
+def wiped(call_id: str, why: str, **more: Any) -> tuple[str, dict[str, Any]]:
+    return "call_wiped", {"call_id": call_id, "line": "d", "seconds": 1.0, "why": why, **more}
+
+
+REVEAL = ("sampling_reveal", {"epoch": 1, "seed": SEED.hex()})
+STOPPED = ("daemon_stopped", {"version": "t"})
+
+
+def test_a_clean_stop_that_withholds_a_reveal_fails_verify(tmp_path: Path) -> None:
+    state = synthetic(
+        tmp_path, started("c1"), wiped("c1", "no_audio", reasons=["sampled"]), STOPPED
+    )
+    assert "stopped cleanly without revealing sampling epoch 1" in str(audit.verify(state).problem)
+
+
+def test_a_call_without_an_epoch_in_a_run_that_has_one_fails_verify(tmp_path: Path) -> None:
+    bare: tuple[str, dict[str, Any]] = ("call_started", {"call_id": "c1", "line": "d"})
+    state = synthetic(tmp_path, bare)
+    assert "call_started names sampling epoch None" in str(audit.verify(state).problem)
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        wiped("c1", "whatever"),
+        wiped("c1", "store_failed"),  # the daemon always names a kept call's reasons
+        wiped("c1", "lost_in_crash"),  # in the same run: no crash came between
+        wiped("c1", "not_kept"),
+    ],
+    ids=["made-up why", "store_failed without reasons", "lost without a crash", "not_kept"],
+)
+def test_a_picked_call_dropped_without_a_reason_the_daemon_gives_fails_verify(
+    tmp_path: Path, outcome: tuple[str, dict[str, Any]]
+) -> None:
+    state = synthetic(tmp_path, started("c1"), outcome, REVEAL, STOPPED)
+    assert "picked by the draw of sampling epoch 1, yet not kept as sampled" in str(
+        audit.verify(state).problem
+    )
+
+
+def test_a_picked_call_lost_in_a_crash_or_wiped_for_want_of_audio_verifies(
+    tmp_path: Path,
+) -> None:
+    state = synthetic(
+        tmp_path,
+        started("c1"),
+        wiped("c1", "no_audio", reasons=["sampled"]),
+        started("c2"),
+        ("daemon_started", {"version": "t", "config_sha256": None}),  # a crash came between
+        wiped("c2", "lost_in_crash"),
+    )
+    result = audit.verify(state)
+    assert result.ok, result.problem
+    assert result.unverified_epochs == (1,)  # the crash took epoch 1's seed

@@ -10,9 +10,15 @@ Rules:
   identity. The calls of an epoch wait (in memory, per epoch) until its seed is known. A
   call that settles after its epoch's reveal is a failure: its draw was public too early.
 - With the seed, a call with the sampling purpose announced that the draw picked must be
-  kept with reason ``sampled`` (or wiped for a reason other than ``not_kept``: lost in a
-  crash, no audio, a store that failed); a call kept with reason ``sampled`` must have been
-  picked with the purpose announced.
+  kept with reason ``sampled`` (committed, or wiped for want of audio or of a store, which
+  still names its reasons), unless it was lost in a crash (``lost_in_crash``, logged by a
+  later run); a call with reason ``sampled`` must have been picked with the purpose
+  announced.
+- A run that opened an epoch names an epoch on every ``call_started`` (the one open), and
+  every ``call_started`` lists its announced purposes. An epoch is revealed only once it is
+  over and none of its calls is open, and a clean stop (``daemon_stopped``) has revealed
+  every epoch of its run. A sealed seed is opened only for epochs that are over: never for
+  the epoch of a run that has not stopped.
 - An epoch whose seed stays unknown is not a failure: ``unverified`` names it, and the
   command line says so.
 """
@@ -38,9 +44,9 @@ class _Settled:
     call_id: str
     line: int  # the outcome's log line
     eligible: bool  # the sampling purpose was announced
-    committed: bool
-    sampled: bool  # kept with reason "sampled"
-    wiped_unkept: bool  # wiped as not_kept
+    sampled: bool  # to be kept with reason "sampled" (committed, or wiped for want of audio
+    # or of a store, which then still names its reasons)
+    lost: bool  # lost_in_crash, logged by a later run: the draw could not be honoured
 
 
 @dataclass
@@ -52,6 +58,8 @@ class _Epoch:
     sealed: str | None
     seed: bytes | None = None
     waiting: list[_Settled] = field(default_factory=list)  # until the seed is known
+    open: int = 0  # its calls without an outcome yet
+    run: int = 0  # the daemon run that opened it
 
 
 @dataclass
@@ -60,12 +68,22 @@ class Draws:
 
     identities: Sequence[pyrage.x25519.Identity] = ()
     epochs: dict[int, _Epoch] = field(default_factory=dict)
-    current: int | None = None
+    current: int | None = None  # the epoch open in the current run; None before its first
+    run: int = 0  # daemon runs so far (daemon_started lines)
+    live: bool = False  # the last run has not stopped (it runs, or it died)
+    epoched: bool = False  # the current run has opened an epoch: its calls name one
     checked: int = 0  # calls whose draw was recomputed
-    _calls: dict[str, tuple[int, bool]] = field(default_factory=dict)  # open: epoch, eligible
+    # Calls without an outcome: their epoch, whether eligible, and the run that started them.
+    _calls: dict[str, tuple[int, bool, int]] = field(default_factory=dict)
 
     def feed(self, entry: Mapping[str, Any]) -> str | None:
         event = entry["event"]
+        if event == "daemon_started":
+            self.run, self.current, self.live, self.epoched = self.run + 1, None, True, False
+            return None
+        if event == "daemon_stopped":
+            self.live = False
+            return self._stopped(entry)
         if event == "sampling_epoch":
             return self._opened(entry)
         if event == "sampling_reveal":
@@ -78,9 +96,11 @@ class Draws:
 
     def finish(self) -> str | None:
         """At the log's end: open the sealed seeds of epochs never revealed, where an
-        identity can, and check their calls."""
+        identity can, and check their calls. Never the epoch of a run still live: its calls
+        are still being drawn, and nobody is to know a draw before its call's outcome."""
         for epoch in self.epochs.values():
-            if epoch.seed is None and epoch.sealed is not None and self.identities:
+            ongoing = self.live and epoch.run == self.run
+            if epoch.seed is None and epoch.sealed is not None and self.identities and not ongoing:
                 seed = self._unseal(epoch)
                 if seed is None:
                     continue
@@ -108,18 +128,41 @@ class Draws:
             return f"{_at(entry)}: sampling_epoch names no purpose"
         sealed = entry.get("sealed_seed")
         self.epochs[number] = _Epoch(
-            number, one_in, purpose, pledge, sealed if isinstance(sealed, str) else None
+            number,
+            one_in,
+            purpose,
+            pledge,
+            sealed if isinstance(sealed, str) else None,
+            run=self.run,
         )
-        self.current = number
+        self.current, self.epoched = number, True
+        return None
+
+    def _stopped(self, entry: Mapping[str, Any]) -> str | None:
+        """A clean stop reveals every epoch of its run: every call has its outcome by then."""
+        for epoch in self.epochs.values():
+            if epoch.run == self.run and epoch.seed is None:
+                return (
+                    f"{_at(entry)}: the daemon stopped cleanly without revealing sampling "
+                    f"epoch {epoch.number}"
+                )
         return None
 
     def _revealed(self, entry: Mapping[str, Any]) -> str | None:
-        epoch = self.epochs.get(entry.get("epoch"))  # type: ignore[arg-type]
+        number = entry.get("epoch")
+        epoch = self.epochs.get(number) if _integer(number) else None  # type: ignore[arg-type]
         if epoch is None or epoch.seed is not None:
-            return f"{_at(entry)}: sampling_reveal of epoch {entry.get('epoch')!r}, not open"
+            return f"{_at(entry)}: sampling_reveal of epoch {number!r}, not open"
+        if epoch.open:
+            return (
+                f"{_at(entry)}: sampling_reveal of epoch {number} while {epoch.open} of its "
+                "calls have no outcome: their draws were public too early"
+            )
         seed = seed_from_hex(entry.get("seed"))
         if seed is None:
             return f"{_at(entry)}: sampling_reveal's seed is not 32 bytes of hex"
+        if epoch.number == self.current:
+            self.current = None  # revealed at a clean stop: no call may start in it now
         return self._know(epoch, seed, _at(entry))
 
     def _know(self, epoch: _Epoch, seed: bytes, where: str) -> str | None:
@@ -135,34 +178,36 @@ class Draws:
 
     def _started(self, entry: Mapping[str, Any]) -> str | None:
         number = entry.get("epoch")
-        if number is None:
-            return None  # a log from before epochs
-        if number != self.current:
+        if number is None and not self.epoched:
+            return None  # a run from before epochs
+        if not isinstance(number, int) or isinstance(number, bool) or number != self.current:
             return (
                 f"{_at(entry)}: call_started names sampling epoch {number!r}, but the epoch "
                 f"open there is {self.current!r}"
             )
         epoch = self.epochs[number]
         announced = entry.get("announced")
-        eligible = isinstance(announced, list) and epoch.purpose in announced
-        self._calls[str(entry.get("call_id"))] = (number, eligible)
+        if not isinstance(announced, list):
+            return f"{_at(entry)}: call_started has no list of announced purposes"
+        epoch.open += 1
+        self._calls[str(entry.get("call_id"))] = (number, epoch.purpose in announced, self.run)
         return None
 
     def _settled(self, entry: Mapping[str, Any]) -> str | None:
         found = self._calls.pop(str(entry.get("call_id")), None)
         if found is None:
             return None
-        number, eligible = found
+        number, eligible, run = found
         reasons = entry.get("reasons")  # also on a wipe of a call that was to be kept
         call = _Settled(
             call_id=str(entry["call_id"]),
             line=entry["seq"],
             eligible=eligible,
-            committed=entry["event"] == "call_committed",
             sampled=isinstance(reasons, list) and "sampled" in reasons,
-            wiped_unkept=entry["event"] == "call_wiped" and entry.get("why") == "not_kept",
+            lost=entry.get("why") == "lost_in_crash" and run < self.run,
         )
         epoch = self.epochs[number]
+        epoch.open -= 1
         if epoch.seed is not None:  # only a reveal makes it known while the log is read
             return (
                 f"{_at(entry)}: call {call.call_id!r} settled after sampling epoch {number} "
@@ -181,12 +226,10 @@ class Draws:
                 f"{where} was kept as sampled, but the draw of sampling epoch {epoch.number} "
                 "did not pick it"
             )
-        if pick and call.wiped_unkept:
-            return f"{where} was picked by the draw of sampling epoch {epoch.number}, yet wiped"
-        if pick and call.committed and not call.sampled:
+        if pick and not call.sampled and not call.lost:
             return (
                 f"{where} was picked by the draw of sampling epoch {epoch.number}, "
-                "yet kept without reason sampled"
+                "yet not kept as sampled"
             )
         return None
 
@@ -197,6 +240,10 @@ class Draws:
         except (pyrage.DecryptError, UnicodeError):
             return None
         return seed_from_hex(text.decode("ascii", errors="replace").strip())
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _at(entry: Mapping[str, Any]) -> str:
