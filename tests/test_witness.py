@@ -210,3 +210,10 @@ def test_only_the_auditor_role_but_admin_may_ask_for_checkpoints() -> None:
     allowed = {role for role, ops in rights.ALLOWED.items() if Checkpoint in ops}
     assert allowed == {"auditor"}
     assert rights.ALLOWED["auditor"] == {Ping, Checkpoint}
+
+
+def test_a_witness_store_without_checkpoints_proves_nothing_and_says_so(tmp_path: Path) -> None:
+    with Daemon(tmp_path) as d:
+        calls(d, 1)
+    typo = cli("audit", "verify", "--state-dir", str(d.state), "--witness", str(tmp_path / "x"))
+    assert typo.returncode == 1 and "no checkpoint kept there" in typo.stderr

@@ -95,7 +95,10 @@ class Store:
         return True
 
     def witnessed(self) -> dict[int, SignedCheckpoint]:
-        """Line number -> the checkpoint that saw it; each checked again (signature, key)."""
+        """Line number -> the checkpoint that saw it; each checked again (signature, key).
+        A store without any (a mistyped folder) is an error: it would prove nothing."""
+        if not self.kept:
+            raise ClientError(f"{self.path}: no checkpoint kept there", EXIT_REFUSED)
         seen: dict[int, SignedCheckpoint] = {}
         first = self.kept[0].public_key if self.kept else None
         for kept in self.kept:

@@ -73,6 +73,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"ok: {result.entries} log entries chained, {result.recordings} recordings intact, "
         f"{result.draws} sampling draws recomputed"
     )
+    if witnessed is not None:
+        last = max(witnessed)
+        print(f"witnessed: {len(witnessed)} checkpoint(s) up to line {last}, all in the log")
     if result.unverified_epochs:
         epochs = ", ".join(map(str, result.unverified_epochs))
         print(

@@ -71,6 +71,8 @@ class Call:
     grace: float = 0.0  # seconds after its end that a mark may still keep it
     claims: int = 0  # marks on their way to the log: the keeper does not take it meanwhile
     epoch: int | None = None  # the sampling epoch whose seed drew it
+    # The sampling purpose when it started: a reload may change the config's, not the call's.
+    sampling_purpose: str = ""
 
     @property
     def buffered(self) -> bool:
@@ -460,9 +462,10 @@ class CallTable:
         # Drawn for every call, announced or not, so that nothing about the draw varies;
         # it counts only when the caller was told of the sampling purpose.
         epoch, picked = self._draw(call_id)
-        drawn = picked and self.config.sampling.purpose in announced
+        purpose = self.config.sampling.purpose
+        drawn = picked and purpose in announced
         call = Call(call_id, line, agent, utcnow(), drawn, buffer, rate, announced=announced)
-        call.epoch = epoch
+        call.epoch, call.sampling_purpose = epoch, purpose
         return call
 
     @staticmethod

@@ -38,6 +38,9 @@ from hindsight.sampling import SEED_BYTES, commitment, picked
 log = logging.getLogger(__name__)
 
 
+RETRY_SECONDS = 30.0  # after the log refused an epoch or a reveal
+
+
 @dataclass(frozen=True)
 class Epoch:
     number: int
@@ -45,6 +48,13 @@ class Epoch:
     purpose: str
     opened: float  # time.monotonic()
     seed: bytes = field(repr=False)  # never in a traceback or a log line
+    sealed_to: tuple[str, ...] = ()  # the auditors' recipients its seed was sealed to
+
+    def serves(self, config: Config) -> bool:
+        """Whether this epoch draws as ``config`` says (else a new one must open)."""
+        sampling = config.sampling
+        wanted = (sampling.one_in, sampling.purpose, config.audit.recipients)
+        return (self.one_in, self.purpose, self.sealed_to) == wanted
 
     def picks(self, call_id: str) -> bool:
         return picked(self.seed, call_id, self.one_in)
@@ -59,6 +69,7 @@ class Sampler:
         self._ended: dict[int, Epoch] = {}  # over, not revealed yet
         self._unsettled: Counter[int] = Counter()  # epoch -> its calls without an outcome
         self._epoch_of: dict[str, int] = {}  # call id -> epoch, for calls without an outcome
+        self._quiet_until = 0.0  # no new try before this (time.monotonic()) after a refusal
         commit_log.listen(self._seen)
 
     @property
@@ -80,7 +91,14 @@ class Sampler:
         if config.audit.recipients:
             fields["sealed_seed"] = seal_text(seed.hex(), config.audit.recipients)
         self._log.append("sampling_epoch", **fields)
-        epoch = Epoch(number, sampling.one_in, sampling.purpose, self._clock(), seed)
+        epoch = Epoch(
+            number,
+            sampling.one_in,
+            sampling.purpose,
+            self._clock(),
+            seed,
+            config.audit.recipients,
+        )
         with self._lock:
             if self._epoch is not None:
                 self._ended[self._epoch.number] = self._epoch
@@ -96,18 +114,22 @@ class Sampler:
         return epoch.number, epoch.picks(call_id)
 
     def reconfigure(self, config: Config) -> None:
-        """After a reload: a new epoch when ``one_in`` or the purpose changed."""
-        epoch, sampling = self._epoch, config.sampling
-        if epoch is not None and (epoch.one_in, epoch.purpose) != (
-            sampling.one_in,
-            sampling.purpose,
-        ):
+        """After a reload: a new epoch when ``one_in``, the purpose or the auditors changed."""
+        epoch = self._epoch
+        if epoch is not None and not epoch.serves(config):
             self._open_or_warn(config)
 
     def tick(self, config: Config) -> None:
-        """From the main loop: rotate when the epoch is old, reveal what may be revealed."""
+        """From the main loop: rotate when the epoch is old (or no longer draws as the config
+        says: a reload whose epoch the log refused), reveal what may be revealed. After the
+        log refused either, the next try waits ``RETRY_SECONDS``."""
+        now = self._clock()
+        if now < self._quiet_until:
+            return
         epoch = self._epoch
-        if epoch is not None and self._clock() - epoch.opened >= config.sampling.epoch_hours * 3600:
+        if epoch is not None and (
+            now - epoch.opened >= config.sampling.epoch_hours * 3600 or not epoch.serves(config)
+        ):
             self._open_or_warn(config)
         self.reveal()
 
@@ -132,6 +154,7 @@ class Sampler:
                 self._log.append("sampling_reveal", epoch=epoch.number, seed=epoch.seed.hex())
             except HindsightError as exc:
                 log.error("sampling epoch %d not revealed yet: %s", epoch.number, exc)
+                self._quiet_until = self._clock() + RETRY_SECONDS
                 return
             with self._lock:
                 del self._ended[epoch.number]
@@ -142,6 +165,7 @@ class Sampler:
             self.open(config)
         except HindsightError as exc:
             log.error("a new sampling epoch could not be opened, the current one goes on: %s", exc)
+            self._quiet_until = self._clock() + RETRY_SECONDS
 
     def _seen(self, entry: Mapping[str, Any]) -> None:
         """Every line appended (under the log's lock): which epochs still have calls to settle."""

@@ -74,7 +74,7 @@ def describe(call: Call, config: Config) -> Keep:
 def _retention(call: Call, config: Config) -> dict[str, str | None]:
     assert call.ended is not None
     retention: dict[str, str | None] = {}
-    for name in purposes(call, config.sampling.purpose):
+    for name in purposes(call, call.sampling_purpose or config.sampling.purpose):
         purpose = config.purpose(name)
         assert purpose is not None
         # The ledger's own rule, so that the log and the ledger can never disagree.

@@ -326,7 +326,6 @@ class Daemon:
         parts.lifecycle.reconfigure(new)
         parts.service.config = new
         parts.keys.update(new.clients)  # daemon.listen: a removed key is refused from now on
-        parts.sampler.reconfigure(new)  # a new one_in or purpose: a new epoch
         if parts.purger is not None:
             parts.purger.interval = new.retention.purge_interval_seconds
         if parts.metrics is not None:
@@ -337,6 +336,7 @@ class Daemon:
             parts.commit_log.append("config_reloaded", config_sha256=new.sha256)
         except HindsightError as exc:
             log.error("config reloaded, but the commit log could not say so: %s", exc)
+        parts.sampler.reconfigure(new)  # a new one_in, purpose or auditors: a new epoch
         log.info("SIGHUP: config reloaded (sha256 %s): %d line(s)", new.sha256, len(new.lines))
         _warn_if_unencrypted(new)
 
