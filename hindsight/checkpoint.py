@@ -50,10 +50,16 @@ class SignedCheckpoint:
         return None
 
 
+def public_key(private: bytes) -> str:
+    """The public half of ``private``, raw, hex: what ``daemon_started`` logs."""
+    key = Ed25519PrivateKey.from_private_bytes(private).public_key()
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
 def sign(private: bytes, seq: int, head: str, time: str) -> SignedCheckpoint:
     """The checkpoint of line ``seq`` (whose hash is ``head``) at ``time``, signed."""
     key = Ed25519PrivateKey.from_private_bytes(private)
-    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    public = public_key(private)
     unsigned = SignedCheckpoint(seq, head, time, public, "")
     return SignedCheckpoint(seq, head, time, public, key.sign(unsigned.signed_bytes()).hex())
 

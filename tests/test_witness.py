@@ -217,3 +217,14 @@ def test_a_witness_store_without_checkpoints_proves_nothing_and_says_so(tmp_path
         calls(d, 1)
     typo = cli("audit", "verify", "--state-dir", str(d.state), "--witness", str(tmp_path / "x"))
     assert typo.returncode == 1 and "no checkpoint kept there" in typo.stderr
+
+
+def test_a_checkpoint_signed_by_a_key_the_log_never_named_fails_verify(tmp_path: Path) -> None:
+    d, store = witnessed_state(tmp_path)
+    (started, *_) = d.events("daemon_started")
+    assert started["checkpoint_key"] == kept(store)[0]["public_key"]
+    real = {e["seq"]: e["hash"] for e in d.entries()}
+    other = Store(tmp_path / "other")
+    other.keep(sign(b"x" * 32, 3, real[3], "2026-11-29T12:00:00.000Z"))
+    result = audit.verify(d.state, witnessed=other.witnessed())
+    assert not result.ok and "which no daemon_started in commit.log names" in str(result.problem)

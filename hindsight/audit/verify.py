@@ -105,6 +105,7 @@ class _CallRules:
     retention: Ledger = field(default_factory=Ledger)
     draws: Draws = field(default_factory=Draws)
     witnessed: Mapping[int, SignedCheckpoint] = field(default_factory=dict)
+    checkpoint_keys: set[str] = field(default_factory=set)  # named by daemon_started lines
 
     rules: dict[str, _Rule] = field(init=False, repr=False, compare=False)
 
@@ -147,6 +148,19 @@ class _CallRules:
             f"{seen.hash[:16]}… there on {seen.time}: the log was rewritten"
         )
 
+    def foreign_key(self) -> str | None:
+        """A witnessed checkpoint signed by a key no ``daemon_started`` of the log named (logs
+        from before the key was logged name none, and are not held to this)."""
+        if not self.checkpoint_keys:
+            return None
+        for seen in self.witnessed.values():
+            if seen.public_key not in self.checkpoint_keys:
+                return (
+                    f"a witness's checkpoint of line {seen.seq} is signed by key "
+                    f"{seen.public_key[:16]}…, which no daemon_started in {LOG_NAME} names"
+                )
+        return None
+
     def cut_short(self) -> str | None:
         """The log ends before a line a witness saw."""
         last = max(self.witnessed, default=0)
@@ -164,6 +178,8 @@ class _CallRules:
 
     def _daemon_started(self, entry: Mapping[str, Any]) -> None:
         self.run_starts.append(entry["seq"])
+        if isinstance(entry.get("checkpoint_key"), str):
+            self.checkpoint_keys.add(entry["checkpoint_key"])
         self.stopped_at = None
 
     def _daemon_stopped(self, entry: Mapping[str, Any]) -> None:
@@ -588,6 +604,7 @@ def _walk(
     return rules, (
         rules.problem
         or rules.cut_short()
+        or rules.foreign_key()
         or rules.open_call_problem()
         or _premature(rules.retention)
         or rules.draws.finish()

@@ -193,7 +193,10 @@ class Daemon:
                 "(its messages, if any, are above)"
             )
         sha = self.config.sha256
-        commit_log.append("daemon_started", version=__version__, config_sha256=sha)
+        signer = checkpoint.public_key(self._parts.service.checkpoint_key or b"")
+        commit_log.append(
+            "daemon_started", version=__version__, config_sha256=sha, checkpoint_key=signer
+        )
         log_repairs(commit_log, self.config.daemon.state_dir)  # what `audit repair` did
         settle_open_calls(commit_log, self.config.daemon.state_dir)
         # Before any call can start: its seed is committed in the log first.
