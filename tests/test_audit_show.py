@@ -19,6 +19,7 @@ import subprocess
 import termios
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass
 from fcntl import ioctl
 from pathlib import Path
@@ -26,11 +27,13 @@ from typing import Any
 
 import pytest
 
+from hindsight.audit import verify
 from hindsight.audit.progress import ERASE, INTERVAL, Bar, bar
 from hindsight.audit.show import render, show
 from hindsight.commitlog import GENESIS, CommitLog, entry_hash, read_chain
 from hindsight.sampling import commitment
 from tests.harness import BIN, Daemon, cli
+from tests.test_audit import DAY, build_state
 
 CALLER = "+41 44 123 45 67"
 NOTE = "shouting"
@@ -311,6 +314,30 @@ def test_a_tampered_chain_is_refused_as_report_refuses_it(state: Path, made: Mad
     assert (other.returncode, other.stderr) == (1, report.stderr)
 
 
+def test_an_erased_recording_tells_who_deleted_it_and_why(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    story = show(tmp_path, "c3")
+    assert story is not None
+    deletion = story.to_json()["deletion"]
+    assert (deletion["log_line"], deletion["why"]) == (12, "erased")
+    assert (deletion["actor"], deletion["reason"]) == ("dpo", "the caller asked")
+    assert story.retention is None
+    assert story.recording is not None and not story.recording.present
+    text = render(story)
+    assert "call c3: committed, recording deleted" in text
+    assert "recording deleted (erased), by dpo: the caller asked" in text
+    assert "none: the recording was deleted on line 12" in text
+    assert f"{DAY}/c3.flac: not present, as deleted on line 12" in text
+
+
+def test_a_call_lost_in_a_crash_is_wiped_in_the_next_run(tmp_path: Path) -> None:
+    build_state(tmp_path)
+    story = show(tmp_path, "c4")
+    assert story is not None
+    assert [(i.log_line, i.event) for i in story.items] == [(9, "call_started"), (11, "call_wiped")]
+    assert "wiped (lost_in_crash), 0 s of audio" in render(story)
+
+
 # --- logs the daemon never writes ---------------------------------------------------------------
 
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J\x1b[31mred"
@@ -340,17 +367,20 @@ def test_a_hostile_call_id_in_the_refusal_is_quoted(tmp_path: Path) -> None:
     assert done.stderr == "hindsight: no call '\\x1b[2J' in commit.log\n"
 
 
-def epoch_log(path: Path, revealed: bytes | None, seed: bytes = bytes(range(32))) -> None:
+SEED = bytes(range(32))
+
+
+def epoch_log(path: Path, revealed: bytes | None, why: str = "lost_in_crash") -> None:
     with CommitLog.open(path) as log:
         log.append("daemon_started", version="0.1.0")
         log.append(
-            "sampling_epoch", epoch=1, one_in=1, purpose="training", commitment=commitment(seed)
+            "sampling_epoch", epoch=1, one_in=1, purpose="training", commitment=commitment(SEED)
         )
         log.append(
             "call_started", call_id="c1", line="desk-01", agent=None, announced=["training"],
             epoch=1,
         )  # fmt: skip
-        log.append("call_wiped", call_id="c1", line="desk-01", seconds=0.0, why="lost_in_crash")
+        log.append("call_wiped", call_id="c1", line="desk-01", seconds=0.0, why=why)
         if revealed is not None:
             log.append("sampling_reveal", epoch=1, seed=revealed.hex())
 
@@ -374,6 +404,18 @@ def test_a_revealed_seed_that_breaks_its_commitment_is_said_so(tmp_path: Path) -
     assert "does NOT match the epoch's commitment" in render(story)
 
 
+def test_a_call_the_draw_picked_but_wiped_unkept_does_not_agree(tmp_path: Path) -> None:
+    """The rule ``audit verify`` applies, told for the one call."""
+    epoch_log(tmp_path / "commit.log", SEED, why="not_kept")
+    story = show(tmp_path, "c1")
+    assert story is not None and story.draw is not None
+    draw = story.draw
+    assert (draw.checkable, draw.picked, draw.sampled, draw.agrees) == (True, True, True, False)
+    assert "the draw picked this call: sampled; the outcome does NOT agree" in render(story)
+    problem = verify(tmp_path).problem
+    assert problem is not None and "line 4: call 'c1' was picked by the draw" in problem
+
+
 def test_only_the_lines_naming_the_call_are_kept(tmp_path: Path) -> None:
     with CommitLog.open(tmp_path / "commit.log") as log:
         for n in range(50):
@@ -384,6 +426,19 @@ def test_only_the_lines_naming_the_call_are_kept(tmp_path: Path) -> None:
     assert story.entries == 100
     assert [item.log_line for item in story.items] == [15, 16]
     assert show(tmp_path, "c") is None  # a prefix of ids is no id
+
+
+def test_memory_does_not_grow_with_the_log(tmp_path: Path) -> None:
+    """Keeping every line of 4,000 would take megabytes; the call's two lines take little."""
+    write_chained(tmp_path / "commit.log", 4000)
+    tracemalloc.start()
+    try:
+        story = show(tmp_path, "c7")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert story is not None and story.entries == 4000
+    assert peak < 256 * 1024, peak
 
 
 # --- progress -----------------------------------------------------------------------------------
@@ -506,6 +561,15 @@ def run_on_pipe(args: list[str]) -> subprocess.CompletedProcess[bytes]:
     )
 
 
+def without_time(stdout: bytes) -> bytes:
+    """The output but the time a report was made, which differs from one run to the next."""
+    if not stdout.startswith(b"{"):
+        return stdout
+    figures = json.loads(stdout)
+    del figures["retention"]["as_of"]
+    return json.dumps(figures).encode()
+
+
 VERBS = {
     "verify": ["audit", "verify"],
     "report": ["audit", "report", "--json"],
@@ -523,13 +587,13 @@ def test_on_a_terminal_the_bar_is_drawn_then_erased_and_stdout_is_unchanged(
     assert piped.stderr == b""  # no terminal, no bar, not a byte
     on_tty = run_on_pty(args)
     assert on_tty.returncode == 0
-    if verb[1] != "report":  # the report holds its own time
-        assert on_tty.stdout == piped.stdout
+    assert without_time(on_tty.stdout) == without_time(piped.stdout)
     err = on_tty.stderr.decode()
     frames = [frame for frame in err.split("\r") if frame]
     assert frames[0].startswith(("verifying commit.log [", "reading commit.log ["))
     assert "MiB" in frames[0] and "lines" in frames[0]
     assert err.endswith(ERASE)  # nothing after the erase: the line is clean
+    assert err.count(ERASE) == 1
     drawn = [frame.removesuffix("\x1b[K") for frame in frames if frame != "\x1b[K"]
     assert all(len(frame) <= 79 for frame in drawn), drawn
     assert len(drawn) <= 2 + on_tty.seconds / INTERVAL

@@ -212,14 +212,13 @@ def _recomputed(
 
 
 def _agrees(sampled: bool, outcome: Item | None) -> bool | None:
-    """The outcome a draw demands (as ``audit verify`` checks it); None when none is due."""
+    """Whether the outcome is what the draw demands, by ``audit verify``'s rule (see
+    ``hindsight.audit.draws``): kept as sampled exactly when the draw sampled it. None while
+    the call is open, and for a call lost in a crash, which the draw could not act on."""
     if outcome is None or outcome.get("why") == "lost_in_crash":
         return None
     reasons = outcome.get("reasons")
-    kept_as_sampled = isinstance(reasons, list) and "sampled" in reasons
-    if outcome.event == "call_wiped" and outcome.get("why") == "not_kept":
-        return not sampled
-    return kept_as_sampled == sampled
+    return (isinstance(reasons, list) and "sampled" in reasons) == sampled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,12 +483,8 @@ def _wiped(item: Item) -> list[str]:
 
 
 def _deleted(item: Item) -> list[str]:
-    by = [] if item.get("actor") is None else [_by(item)]
-    return [
-        f"recording deleted ({_text(item.get('why'))})",
-        *by,
-        f"path: {_text(item.get('path'))}",
-    ]
+    by = "" if item.get("actor") is None else f", {_by(item)}"
+    return [f"recording deleted ({_text(item.get('why'))}){by}", f"path: {_text(item.get('path'))}"]
 
 
 def _other(item: Item) -> list[str]:
@@ -536,7 +531,7 @@ def _timeline(items: Sequence[Item]) -> list[str]:
 
 
 def _retention_now(story: Story) -> list[str]:
-    recording, deletion = story.retention, story.first("recording_deleted")
+    recording, deletion = story.retention, _gone(story)
     if recording is None:
         if deletion is not None:
             return [f"none: the recording was deleted on line {deletion.log_line}"]
@@ -551,29 +546,37 @@ def _retention_now(story: Story) -> list[str]:
     return [*out, f"legal hold: {held}"]
 
 
+def _gone(story: Story) -> Item | None:
+    return story.first("recording_deleted")
+
+
 def _recording_lines(story: Story) -> list[str]:
-    file = story.recording
+    file, gone = story.recording, _gone(story)
     if file is None:
         return ["none: the call was not committed"]
+    if not file.present:
+        why = file.problem or "not present" + (
+            "" if gone is None else f", as deleted on line {gone.log_line}"
+        )
+        return [f"{_text(file.path)}: {why}"]
+    present = "present" if gone is None else f"present, though deleted on line {gone.log_line}"
+    if file.sha256_matches is None:
+        return [f"{_text(file.path)}: {present}, but {file.problem}"]
     committed = story.first("call_committed")
     logged_on = "" if committed is None else f" logged on line {committed.log_line}"
-    if file.problem is not None and not file.present:
-        return [f"{_text(file.path)}: {file.problem}"]
-    if not file.present:
-        gone = story.first("recording_deleted")
-        why = "" if gone is None else f", as deleted on line {gone.log_line}"
-        return [f"{_text(file.path)}: not present{why}"]
-    if file.sha256_matches is None:
-        return [f"{_text(file.path)}: present, but {file.problem}"]
     verdict = "matches" if file.sha256_matches else "does NOT match (altered or replaced)"
-    return [f"{_text(file.path)}: present; its SHA-256 {verdict} the one{logged_on}"]
+    return [f"{_text(file.path)}: {present}; its SHA-256 {verdict} the one{logged_on}"]
 
 
-def _sidecar_lines(sidecar: Sidecar | None) -> list[str]:
+def _sidecar_lines(story: Story) -> list[str]:
+    sidecar, gone = story.sidecar, _gone(story)
     if sidecar is None:
         return ["none: the call was not committed"]
-    if not sidecar.present or sidecar.problem is not None:
-        return [f"{_text(sidecar.path)}: {sidecar.problem or 'not present'}"]
+    if sidecar.problem is not None:
+        return [f"{_text(sidecar.path)}: {sidecar.problem}"]
+    if not sidecar.present:
+        why = "" if gone is None else f", as deleted on line {gone.log_line}"
+        return [f"{_text(sidecar.path)}: not present{why}"]
     marks = [
         f"  {_text(mark.time)}  {_text(mark.purpose)}, note: {mark.note}" for mark in sidecar.marks
     ]
@@ -634,7 +637,7 @@ def _state(story: Story) -> str:
         return "open (no outcome yet)"
     if outcome.event == "call_wiped":
         return f"wiped ({_text(outcome.get('why'))})"
-    return "committed" + (", recording deleted" if story.first("recording_deleted") else "")
+    return "committed" + (", recording deleted" if _gone(story) else "")
 
 
 def _section(title: str, lines: list[str]) -> str:
@@ -654,7 +657,7 @@ def render(story: Story) -> str:
             _section("Timeline", _timeline(story.items)),
             _section("Retention now", _retention_now(story)),
             _section("Recording", _recording_lines(story)),
-            _section("Sidecar", _sidecar_lines(story.sidecar)),
+            _section("Sidecar", _sidecar_lines(story)),
             _section("Sampling draw", _draw_lines(story.draw)),
         ]
     )
