@@ -30,7 +30,7 @@ from pathlib import Path
 from hindsight.clock import utcnow
 from hindsight.commitlog import FILE_MODE, LOG_NAME, read_chain
 from hindsight.daemon.repaired import TORN_PREFIX, Repair, pending, read_record, record_name
-from hindsight.durable import fsync_dir
+from hindsight.durable import fsync_dir, write_all
 from hindsight.errors import CommitLogError, TornTailError
 
 
@@ -158,9 +158,7 @@ def _land(final: Path, data: bytes, owner: os.stat_result) -> None:
         os.fchmod(fd, FILE_MODE)  # the umask must not decide who may read it
         if (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
             os.fchown(fd, owner.st_uid, owner.st_gid)  # run as root: the daemon's, like the log
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -35,7 +35,7 @@ import pyrage
 
 from hindsight.client.options import EXIT_USAGE, actor_of, endpoint_of, state_dir_of
 from hindsight.client.transport import EXIT_REFUSED, send
-from hindsight.durable import HASH_BLOCK, fsync_dir
+from hindsight.durable import HASH_BLOCK, fsync_dir, write_all
 from hindsight.errors import ClientError
 from hindsight.layout import inside
 from hindsight.protocol import Access
@@ -73,7 +73,7 @@ def keygen(out: str) -> str:
     try:
         try:
             os.fchmod(fd, 0o600)  # a umask such as 0277 would leave the owner unable to read it
-            _write_all(fd, text.encode("ascii"))
+            write_all(fd, text.encode("ascii"))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -85,12 +85,6 @@ def keygen(out: str) -> str:
         Path(out).unlink(missing_ok=True)
         raise
     return recipient
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def load_identities(path: Path) -> list[Identity]:

@@ -24,7 +24,7 @@ import zmq.auth
 
 from hindsight.client.transport import EXIT_REFUSED, CurveKeys
 from hindsight.config import z85_key_problem
-from hindsight.durable import fsync_dir
+from hindsight.durable import fsync_dir, write_all
 from hindsight.errors import ClientError
 from hindsight.protocol import EXIT_USAGE
 
@@ -87,9 +87,7 @@ def _create(path: Path, mode: int, text: str, secret: bytes | None, made: list[P
         data = text.encode("ascii")
         if secret is not None:
             data += b'    secret-key = "' + secret + b'"\n'
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
