@@ -64,3 +64,11 @@ def test_the_encryption_benchmark_compares_with_the_bare_write_and_checks_the_au
     assert all(label in out for label in labels), out
     assert "encrypted commit vs bare write" in out and "extra memory" in out
     assert "decrypted recording equals the call's audio" in out
+
+
+def test_the_audit_benchmark_reads_a_real_log_every_way_against_its_floor() -> None:
+    # The bench asserts that the walk found no problem and recomputed every draw.
+    out = run_bench("bench_audit.py", "--quick", timeout=120)
+    for case in ("SHA-256 of the bytes (floor)", "read_chain", "audit verify", "audit report"):
+        assert case in out, out
+    assert "daemon start-up reads" in out and "wrote 20,002 lines" in out, out
