@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
+from typing import Any
 
 SEED_BYTES = 32
 _SPAN = 2**64
@@ -28,6 +30,19 @@ def picked(seed: bytes, call_id: str, one_in: int) -> bool:
         return False
     digest = hmac.new(seed, call_id.encode("utf-8"), hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big") < _SPAN // one_in
+
+
+def eligible(announced: object, purpose: object) -> bool:
+    """Whether a call whose ``call_started`` announced ``announced`` may be sampled for the
+    epoch's ``purpose``: only when the caller was told of it."""
+    return isinstance(announced, list) and isinstance(purpose, str) and purpose in announced
+
+
+def kept_as_sampled(outcome: Mapping[str, Any]) -> bool:
+    """Whether an outcome (``call_committed``, or a ``call_wiped`` of a call that was to be
+    kept, which still names its reasons) says the call was kept for the draw."""
+    reasons = outcome.get("reasons")
+    return isinstance(reasons, list) and "sampled" in reasons
 
 
 def seed_from_hex(text: object) -> bytes | None:

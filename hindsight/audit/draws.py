@@ -32,7 +32,7 @@ from typing import Any
 import pyrage
 
 from hindsight.commitlog import LOG_NAME
-from hindsight.sampling import commitment, picked, seed_from_hex
+from hindsight.sampling import commitment, eligible, kept_as_sampled, picked, seed_from_hex
 
 _HEX64 = frozenset("0123456789abcdef")
 
@@ -190,7 +190,11 @@ class Draws:
         if not isinstance(announced, list):
             return f"{_at(entry)}: call_started has no list of announced purposes"
         epoch.open += 1
-        self._calls[str(entry.get("call_id"))] = (number, epoch.purpose in announced, self.run)
+        self._calls[str(entry.get("call_id"))] = (
+            number,
+            eligible(announced, epoch.purpose),
+            self.run,
+        )
         return None
 
     def _settled(self, entry: Mapping[str, Any]) -> str | None:
@@ -198,12 +202,11 @@ class Draws:
         if found is None:
             return None
         number, eligible, run = found
-        reasons = entry.get("reasons")  # also on a wipe of a call that was to be kept
         call = _Settled(
             call_id=str(entry["call_id"]),
             line=entry["seq"],
             eligible=eligible,
-            sampled=isinstance(reasons, list) and "sampled" in reasons,
+            sampled=kept_as_sampled(entry),
             lost=entry.get("why") == "lost_in_crash" and run < self.run,
         )
         epoch = self.epochs[number]

@@ -23,6 +23,7 @@ from hindsight.clock import iso, utcnow
 from hindsight.commitlog import LOG_NAME, OUTCOME_EVENTS, LineHook, read_chain
 from hindsight.errors import CommitLogError
 from hindsight.retention import Deletion, Ledger, Recording
+from hindsight.sampling import eligible, kept_as_sampled
 
 # ---------------------------------------------------------------------------------------------
 # report
@@ -285,13 +286,13 @@ class _Draws:
             return _Start(line, agent, None, eligible=True)
         one_in, purpose = self.epochs[epoch]
         announced = entry.get("announced")
-        return _Start(line, agent, one_in, isinstance(announced, list) and purpose in announced)
+        return _Start(line, agent, one_in, eligible(announced, purpose))
 
     def _settle(self, start: _Start | None, outcome: Mapping[str, Any]) -> None:
         """Count an eligible call's outcome; a lost call's draw was never acted on."""
         if start is None or not start.eligible or outcome.get("why") == "lost_in_crash":
             return
-        sampled = "sampled" in _names(outcome.get("reasons"))
+        sampled = kept_as_sampled(outcome)
         for tally in (
             self.totals,
             self.lines.setdefault(start.line, BandTally()),

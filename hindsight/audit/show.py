@@ -33,7 +33,7 @@ from hindsight.durable import file_sha256
 from hindsight.errors import CommitLogError
 from hindsight.layout import inside, sidecar_path
 from hindsight.retention import Ledger, Recording
-from hindsight.sampling import commitment, picked, seed_from_hex
+from hindsight.sampling import commitment, eligible, kept_as_sampled, picked, seed_from_hex
 
 MARKS = ("call_marked",)
 PAUSES = ("call_paused", "call_resumed")
@@ -187,7 +187,7 @@ def _draw(reading: _Reading, outcome: Item | None) -> Draw | None:
         one_in=one_in if isinstance(one_in, int) else None,
         purpose=purpose if isinstance(purpose, str) else None,
         sealed=isinstance(declared.get("sealed_seed"), str),
-        announced=isinstance(announced, list) and purpose in announced,
+        announced=eligible(announced, purpose),
     )
     reveal = reading.reveal
     return draw if reveal is None else _recomputed(draw, reading.call_id, declared, reveal, outcome)
@@ -217,8 +217,7 @@ def _agrees(sampled: bool, outcome: Item | None) -> bool | None:
     the call is open, and for a call lost in a crash, which the draw could not act on."""
     if outcome is None or outcome.get("why") == "lost_in_crash":
         return None
-    reasons = outcome.get("reasons")
-    return (isinstance(reasons, list) and "sampled" in reasons) == sampled
+    return kept_as_sampled(outcome.fields) == sampled
 
 
 # ---------------------------------------------------------------------------------------------

@@ -193,9 +193,13 @@ class Daemon:
                 "(its messages, if any, are above)"
             )
         sha = self.config.sha256
-        signer = checkpoint.public_key(self._parts.service.checkpoint_key or b"")
+        signing = self._parts.service.checkpoint_key
+        assert signing is not None  # made by _run before the parts
         commit_log.append(
-            "daemon_started", version=__version__, config_sha256=sha, checkpoint_key=signer
+            "daemon_started",
+            version=__version__,
+            config_sha256=sha,
+            checkpoint_key=checkpoint.public_key(signing),
         )
         log_repairs(commit_log, self.config.daemon.state_dir)  # what `audit repair` did
         settle_open_calls(commit_log, self.config.daemon.state_dir)
