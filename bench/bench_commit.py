@@ -211,7 +211,7 @@ class Bench:
         count = chunk_count(config.buffer.memory_mb)
         self.memory = PoolMemory.create(count * CHUNK_SAMPLES * 2)
         self.pool = Pool(config.buffer.memory_mb, data=self.memory.array(CHUNK_SAMPLES))
-        self.table = CallTable(config, self.pool, known_ids=commit_log.call_ids)
+        self.table = CallTable(config, self.pool, known=commit_log.knows)
         spawn = process_spawner(self.memory, CHUNK_SAMPLES, config.daemon.state_dir)
         self.keeper = Keeper(
             self.table, commit_log, config, spawn, hang_seconds=config.worker.hang_seconds

@@ -25,47 +25,37 @@ Rules:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, NoReturn, Self
+from typing import Any, BinaryIO, Self
 
 from hindsight import clock
 from hindsight.durable import fsync_dir, make_dirs
 from hindsight.errors import CommitLogError, TornTailError
+from hindsight.logindex import Head, LogIndex
+from hindsight.logline import NOT_AN_OBJECT, dumps, parse_line
+from hindsight.logline import canonical as canonical  # the hashing rule, for whoever reads logs
+from hindsight.logline import entry_hash as entry_hash
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "commit.log"
+INDEX_SUFFIX = ".index"  # commit.index, beside commit.log: see hindsight.logindex
+INDEX_SAVE_SECONDS = 1.0  # the index's updates are saved this often while lines come
 GENESIS = "0" * 64
 OUTCOME_EVENTS = frozenset({"call_committed", "call_wiped"})
 CALL_EVENTS = OUTCOME_EVENTS | {"call_started", "call_marked"}
 RESERVED_FIELDS = frozenset({"seq", "time", "event", "prev", "hash"})
 FILE_MODE = 0o640
-
-
-def _dumps(obj: Mapping[str, Any], *, sort_keys: bool = False) -> str:
-    return json.dumps(
-        obj, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-
-
-def canonical(obj: Mapping[str, Any]) -> bytes:
-    """``obj`` in the contract's canonical form: compact JSON, keys sorted, UTF-8."""
-    return _dumps(obj, sort_keys=True).encode("utf-8")
-
-
-def entry_hash(obj: Mapping[str, Any]) -> str:
-    """Hex SHA-256 of ``obj`` without its ``hash`` key, in the contract's canonical form."""
-    body = {key: value for key, value in obj.items() if key != "hash"}
-    return hashlib.sha256(canonical(body)).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,10 +70,11 @@ class _RawLine:
     last: bool
 
 
-def _raw_lines(handle: BinaryIO) -> Iterator[_RawLine]:
-    """Every line with its 1-based number and byte offset; one line of look-ahead marks the last."""
+def _raw_lines(handle: BinaryIO, offset: int = 0, number: int = 0) -> Iterator[_RawLine]:
+    """Every line from ``offset`` (where line ``number`` + 1 starts) with its 1-based number and
+    byte offset; one line of look-ahead marks the last."""
     previous: bytes | None = None
-    number = offset = 0
+    handle.seek(offset)
     for data in handle:
         if previous is not None:
             yield _RawLine(number, offset, previous, last=False)
@@ -94,14 +85,6 @@ def _raw_lines(handle: BinaryIO) -> Iterator[_RawLine]:
         yield _RawLine(number, offset, previous, last=True)
 
 
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
-# One decoder for every line: json.loads would build one, and sniff the encoding, per line.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
 def _torn(name: str, raw: _RawLine, why: str) -> TornTailError:
     return TornTailError(
         f"{name} line {raw.number}: the tail is torn at byte offset {raw.offset} ({why}; "
@@ -110,36 +93,57 @@ def _torn(name: str, raw: _RawLine, why: str) -> TornTailError:
     )
 
 
-def _parse(name: str, raw: _RawLine) -> dict[str, Any]:
+def _parse(name: str, raw: _RawLine) -> tuple[dict[str, Any], str | None]:
+    """The line's object, and the hash its content has (None: it has none, see
+    ``hindsight.logline``)."""
     if raw.last and not raw.data.endswith(b"\n"):
         raise _torn(name, raw, "the last line has no line end")
     try:
-        obj = _DECODER.decode(raw.data.decode("utf-8"))
+        return parse_line(raw.data)
     except ValueError as exc:
+        if str(exc) == NOT_AN_OBJECT:
+            raise CommitLogError(f"{name} line {raw.number}: not a JSON object") from exc
         if raw.last:
             raise _torn(name, raw, "the last line is not valid JSON") from exc
         raise CommitLogError(f"{name} line {raw.number}: not valid JSON ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise CommitLogError(f"{name} line {raw.number}: not a JSON object")
-    return obj
 
 
 # Called with (lines read, bytes read) after each line is parsed, before it is yielded.
 LineHook = Callable[[int, int], None]
 
 
+def _parsed(
+    path: Path, on_line: LineHook | None
+) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+    """Every line's number, object and the hash its content has."""
+    try:
+        name = path.name
+        with path.open("rb") as handle:
+            for raw in _raw_lines(handle):
+                entry, digest = _parse(name, raw)
+                if on_line is not None:
+                    on_line(raw.number, raw.offset + len(raw.data))
+                yield raw.number, entry, digest
+    except OSError as exc:
+        raise CommitLogError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
 def read_entries(path: Path, on_line: LineHook | None = None) -> Iterator[dict[str, Any]]:
     """Parse every line of the log, without checking the chain (see ``read_chain``);
     ``on_line``, if given, is told how far the reading has come (a progress bar)."""
+    for _, entry, _ in _parsed(path, on_line):
+        yield entry
+
+
+def _whole_line(name: str, offset: int, data: bytes) -> dict[str, Any] | None:
+    """``data`` as one whole line whose content has the hash it states, else None."""
+    if not data.endswith(b"\n") or b"\n" in data[:-1]:
+        return None
     try:
-        with path.open("rb") as handle:
-            for raw in _raw_lines(handle):
-                entry = _parse(path.name, raw)
-                if on_line is not None:
-                    on_line(raw.number, raw.offset + len(raw.data))
-                yield entry
-    except OSError as exc:
-        raise CommitLogError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+        entry, digest = _parse(name, _RawLine(0, offset, data, last=False))
+    except CommitLogError:
+        return None
+    return entry if digest is not None and entry.get("hash") == digest else None
 
 
 class _Chain:
@@ -150,10 +154,11 @@ class _Chain:
         self.seq = 0
         self.hash = GENESIS
 
-    def check(self, number: int, entry: Mapping[str, Any]) -> None:
+    def check(self, number: int, entry: Mapping[str, Any], digest: str | None) -> None:
+        """``digest``: the hash the line's content has, which ``hash`` must state."""
         where = f"{self.name} line {number}"
         stated = entry.get("hash")
-        if not isinstance(stated, str) or stated != _safe_hash(entry):
+        if not isinstance(stated, str) or stated != digest:
             raise CommitLogError(f"{where}: hash does not match the line's content (altered)")
         seq = entry.get("seq")
         if type(seq) is not int or seq != self.seq + 1:
@@ -172,18 +177,11 @@ class _Chain:
         self.seq, self.hash = seq, stated
 
 
-def _safe_hash(entry: Mapping[str, Any]) -> str | None:
-    try:
-        return entry_hash(entry)
-    except ValueError:  # a lone surrogate cannot be UTF-8 encoded, so it cannot be hashed
-        return None
-
-
 def read_chain(path: Path, on_line: LineHook | None = None) -> Iterator[dict[str, Any]]:
     """``read_entries`` that also checks seq, prev and hash, raising on the first break."""
     chain = _Chain(path.name)
-    for number, entry in enumerate(read_entries(path, on_line), start=1):
-        chain.check(number, entry)
+    for number, entry, digest in _parsed(path, on_line):
+        chain.check(number, entry, digest)
         yield entry
 
 
@@ -193,9 +191,10 @@ def read_chain(path: Path, on_line: LineHook | None = None) -> Iterator[dict[str
 
 @dataclass
 class _Calls:
-    """Which call ids were ever started and which calls still wait for their outcome."""
+    """Which calls still wait for their outcome, and the last sampling epoch; which call ids
+    were ever started is the index's to answer (``known``)."""
 
-    ids: set[str] = field(default_factory=set)
+    known: Callable[[str], bool]
     open: dict[str, str] = field(default_factory=dict)
     last_epoch: int = 0  # the last sampling epoch opened; 0 before any
 
@@ -206,7 +205,6 @@ class _Calls:
         if not isinstance(call_id, str):
             return
         if event == "call_started":
-            self.ids.add(call_id)
             self.open[call_id] = str(entry.get("line"))
         elif event in OUTCOME_EVENTS:
             self.open.pop(call_id, None)
@@ -218,7 +216,7 @@ class _Calls:
         call_id = fields.get("call_id")
         if not isinstance(call_id, str):
             return f"{event} needs a string call_id"
-        if event == "call_started" and call_id in self.ids:
+        if event == "call_started" and (call_id in self.open or self.known(call_id)):
             return f"call id {call_id!r} was used before"
         if event == "call_started" and not isinstance(fields.get("line"), str):
             return "call_started needs a string line"
@@ -252,17 +250,88 @@ def _lock(fd: int, path: Path) -> None:
         raise CommitLogError(f"{path}: another process has the commit log open") from exc
 
 
-def _resume(path: Path) -> tuple[_Chain, _Calls]:
-    chain, calls = _Chain(path.name), _Calls()
+def index_path(path: Path) -> Path:
+    """Where the index of the log at ``path`` lives: ``commit.index`` beside ``commit.log``."""
+    return path.with_suffix(INDEX_SUFFIX)
+
+
+def _open_index(path: Path) -> LogIndex:
+    """The log's index; one that cannot be read is removed and made anew (it is derived)."""
+    where = index_path(path)
     try:
-        for number, entry in enumerate(read_entries(path), start=1):
-            chain.check(number, entry)
-            calls.note(entry)
-    except CommitLogError as exc:
+        return LogIndex.open(where)
+    except sqlite3.Error as exc:
+        log.warning("the commit log's index %s cannot be read (%s): it is made anew", where, exc)
+    for suffix in ("", "-wal", "-shm"):
+        where.with_name(where.name + suffix).unlink(missing_ok=True)
+    try:
+        return LogIndex.open(where)
+    except sqlite3.Error as exc:
+        raise CommitLogError(f"{where}: the commit log's index cannot be made ({exc})") from exc
+
+
+def _check_head(path: Path, handle: BinaryIO, head: Head, index: Path) -> None:
+    """The log still holds, byte for byte, the line the index says the daemon verified last."""
+    size = os.fstat(handle.fileno()).st_size
+    again = (
+        f" (if it was restored from a backup on purpose, move {index} aside and start again: "
+        "the whole log is then checked once)"
+    )
+    if size < head.size:
         raise CommitLogError(
-            f"{exc}; the log will not be extended{_repair_hint(exc, path)}"
-        ) from exc
-    return chain, calls
+            f"{path.name} is {size} bytes, but the daemon had verified {head.size} bytes of it "
+            f"(up to line {head.seq}): lines were removed since{again}"
+        )
+    handle.seek(head.line_offset)
+    entry = _whole_line(path.name, head.line_offset, handle.read(head.size - head.line_offset))
+    if entry is None or entry.get("seq") != head.seq or entry.get("hash") != head.hash:
+        raise CommitLogError(
+            f"{path.name} line {head.seq} is not the line the daemon verified at byte offset "
+            f"{head.line_offset}: the log was rewritten since{again}"
+        )
+
+
+class _Resume:
+    """Reads what the index does not know yet: everything for a new index, else the lines
+    after its verified head; checks each and teaches it to the index."""
+
+    def __init__(self, path: Path, index: LogIndex, on_line: LineHook | None) -> None:
+        self.path, self.index, self.on_line = path, index, on_line
+        self.chain = _Chain(path.name)
+        self.calls = _Calls(index.knows)
+
+    def run(self) -> None:
+        try:
+            name = self.path.name
+            with self.path.open("rb") as handle:
+                start, number = self._start(handle)
+                for raw in _raw_lines(handle, start, number):
+                    entry, digest = _parse(name, raw)
+                    self.chain.check(raw.number, entry, digest)
+                    self.calls.note(entry)
+                    end = raw.offset + len(raw.data)
+                    self.index.note(entry, raw.offset, end, self.calls.last_epoch)
+                    if self.on_line is not None:
+                        self.on_line(raw.number - number, end)  # bytes: where it is now
+        except OSError as exc:
+            raise CommitLogError(f"{self.path}: cannot be read ({exc.strerror or exc})") from exc
+        except CommitLogError as exc:
+            raise CommitLogError(
+                f"{exc}; the log will not be extended{_repair_hint(exc, self.path)}"
+            ) from exc
+        finally:
+            self.index.commit()  # what was checked stays checked, even before a torn tail
+
+    def _start(self, handle: BinaryIO) -> tuple[int, int]:
+        head = self.index.head()
+        if head is None:
+            self.index.clear()
+            return 0, 0
+        _check_head(self.path, handle, head, self.index.path)
+        self.chain.seq, self.chain.hash = head.seq, head.hash
+        self.calls.open = self.index.open_calls()
+        self.calls.last_epoch = head.last_epoch
+        return head.size, head.seq
 
 
 def _repair_hint(exc: CommitLogError, path: Path) -> str:
@@ -278,36 +347,66 @@ def _repair_hint(exc: CommitLogError, path: Path) -> str:
 class CommitLog:
     """An open, verified commit log that appends durably. Thread-safe; use ``CommitLog.open``.
 
-    ``call_ids`` and ``open_calls`` are kept up to date by ``append``; treat them as read-only.
+    ``open_calls`` is kept up to date by ``append``; treat it as read-only.
     """
 
-    def __init__(self, path: Path, fd: int, chain: _Chain, calls: _Calls) -> None:
+    def __init__(self, path: Path, fd: int, resumed: _Resume) -> None:
         self.path = path
         self._fd = fd
-        self._chain = chain
-        self._calls = calls
+        self._chain = resumed.chain
+        self._calls = resumed.calls
+        self._index = resumed.index
+        self._index_lock = threading.Lock()  # never held while waiting for the log's lock
+        self._unsaved: set[str] = set()  # call ids the index has not saved yet
+        self._unindexed: set[str] | None = None  # once the index failed: those it never saved
+        self._index_saved = time.monotonic()
+        self._calls.known = self._known
         self._lock = threading.Lock()
         self._listeners: list[Callable[[Mapping[str, Any]], None]] = []
         self._closed = False
         self._broken: str | None = None
-        self.call_ids: set[str] = calls.ids
-        self.open_calls: dict[str, str] = calls.open
+        self.open_calls: dict[str, str] = self._calls.open
 
     @classmethod
-    def open(cls, path: Path) -> Self:
-        """Create the log, or resume it after checking every line; raise on any break."""
+    def open(cls, path: Path, on_line: LineHook | None = None) -> Self:
+        """Create the log, or resume it: check that it still holds the head its index says was
+        verified, then check every line after it (every line, for a new index); raise on any
+        break. ``on_line`` is told how far that reading has come."""
         try:
             fd = _open_fd(path)
         except OSError as exc:
             raise CommitLogError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+        index: LogIndex | None = None
         try:
             _lock(fd, path)
-            chain, calls = _resume(path)
+            index = _open_index(path)
+            resumed = _Resume(path, index, on_line)
+            resumed.run()
         except BaseException:
+            if index is not None:
+                index.close()
             os.close(fd)
             raise
-        log.info("commit log %s open at seq %d, %d calls open", path, chain.seq, len(calls.open))
-        return cls(path, fd, chain, calls)
+        log.info(
+            "commit log %s open at seq %d, %d calls open",
+            path,
+            resumed.chain.seq,
+            len(resumed.calls.open),
+        )
+        return cls(path, fd, resumed)
+
+    def knows(self, call_id: str) -> bool:
+        """Was ``call_id`` ever started in this log? (A call id is never used twice.)"""
+        with self._index_lock:
+            return self._known(call_id)
+
+    def _known(self, call_id: str) -> bool:
+        if self._unindexed is not None and call_id in self._unindexed:
+            return True
+        try:
+            return self._index.knows(call_id)
+        except sqlite3.Error as exc:
+            raise CommitLogError(f"{self._index.path}: cannot be read ({exc})") from exc
 
     @property
     def last_seq(self) -> int:
@@ -327,12 +426,69 @@ class CommitLog:
         with self._lock:
             self._check_writable(event, fields)
             entry, data = self._build(event, fields)
-            self._write(data)
+            offset = self._write(data)
             self._chain.seq, self._chain.hash = entry["seq"], entry["hash"]
             self._calls.note(entry)
+            self._teach(entry, offset, offset + len(data))
             for listener in self._listeners:
                 listener(entry)
             return entry
+
+    # -- what the retention ledger needs of the log's past, through the index ------------------
+
+    def kept_entries(self) -> list[dict[str, Any]]:
+        """The retention lines (``call_committed`` and its later ``recording_*``) of every
+        recording that exists now, in log order: the ledger is rebuilt from these alone."""
+        return self._entries_at(self._index.kept_offsets)
+
+    def deleted_entry(self, call_id: str) -> dict[str, Any] | None:
+        """The ``recording_deleted`` line of ``call_id``'s recording, if it was deleted. May
+        be asked while the log is held ``still``."""
+
+        def offsets() -> list[int]:
+            found = self._index.deleted_offset(call_id)
+            return [] if found is None else [found]
+
+        entries = self._entries_at(offsets)
+        return entries[0] if entries else None
+
+    def pending_deletions(self) -> list[dict[str, Any]]:
+        """The ``recording_deleted`` lines logged since ``deletions_done`` was last called:
+        those whose files a crash may have left behind."""
+        return self._entries_at(self._index.pending_deletions)
+
+    def deletions_done(self) -> None:
+        """The files of every deletion logged so far are gone (the daemon made sure at start)."""
+        with self._lock, self._index_lock:
+            if self._unindexed is None:
+                self._index.deletions_done()
+
+    def _entries_at(self, offsets: Callable[[], list[int]]) -> list[dict[str, Any]]:
+        """The lines at the index's ``offsets``, each checked against its own hash (a line
+        once indexed is whole: the log's lock is not needed)."""
+        with self._index_lock:
+            try:
+                where = offsets()
+            except sqlite3.Error as exc:
+                raise CommitLogError(f"{self._index.path}: cannot be read ({exc})") from exc
+        entries = []
+        try:
+            with self.path.open("rb") as handle:
+                for offset in where:
+                    handle.seek(offset)
+                    entries.append(self._line_at(offset, handle.readline()))
+        except OSError as exc:
+            raise CommitLogError(f"{self.path}: cannot be read ({exc.strerror or exc})") from exc
+        return entries
+
+    def _line_at(self, offset: int, data: bytes) -> dict[str, Any]:
+        entry = _whole_line(self.path.name, offset, data)
+        if entry is None:
+            raise CommitLogError(
+                f"{self.path.name}: the line at byte offset {offset} is not the one the daemon "
+                "verified there (altered since); the log will not be used"
+            )
+        return entry
 
     @contextmanager
     def still(self) -> Iterator[None]:
@@ -357,7 +513,8 @@ class CommitLog:
         reserved = sorted(RESERVED_FIELDS & fields.keys())
         if reserved:
             raise CommitLogError(f"cannot log {event}: reserved fields {reserved}")
-        refusal = self._calls.refusal(event, fields)
+        with self._index_lock:
+            refusal = self._calls.refusal(event, fields)
         if refusal is not None:
             raise CommitLogError(f"cannot log {event}: {refusal}")
 
@@ -372,13 +529,43 @@ class CommitLog:
         try:
             # Round-trip first, so the hash is over exactly what a reader will parse
             # (tuples become lists, int-keyed dicts get string keys).
-            body: dict[str, Any] = json.loads(_dumps(entry))
+            body: dict[str, Any] = json.loads(dumps(entry))
             body["hash"] = entry_hash(body)
-            return body, (_dumps(body) + "\n").encode("utf-8")
+            return body, (dumps(body) + "\n").encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise CommitLogError(f"cannot log {event}: {exc}") from exc
 
-    def _write(self, data: bytes) -> None:
+    def _teach(self, entry: Mapping[str, Any], offset: int, end: int) -> None:
+        """Tell the index of a line just made durable; its updates are saved at most every
+        ``INDEX_SAVE_SECONDS`` (and at close): after a crash, the next start checks the lines
+        since, as it must anyway for a line the index missed. An index that cannot be
+        written is given up for this run, its unsaved updates dropped (the next start checks
+        every line after its saved head again); the call ids it did not save are kept in
+        memory meanwhile."""
+        with self._index_lock:
+            if entry["event"] == "call_started":
+                self._unsaved.add(entry["call_id"])
+            if self._unindexed is not None:
+                return
+            try:
+                self._index.note(entry, offset, end, self._calls.last_epoch)
+                now = time.monotonic()
+                if now - self._index_saved >= INDEX_SAVE_SECONDS:
+                    self._index.commit()
+                    self._index_saved = now
+                    self._unsaved = set()
+            except sqlite3.Error as exc:
+                log.error(
+                    "the commit log's index %s cannot be written (%s): it is left behind for "
+                    "this run, and the next start checks the lines since",
+                    self._index.path,
+                    exc,
+                )
+                self._index.abandon()
+                self._unindexed = self._unsaved
+
+    def _write(self, data: bytes) -> int:
+        """Write one line; return the byte offset it starts at."""
         size = os.fstat(self._fd).st_size
         written = 0
         try:
@@ -389,6 +576,7 @@ class CommitLog:
             if written:
                 self._roll_back(size, written, len(data), exc)
             raise CommitLogError(f"{self.path}: cannot append ({exc.strerror or exc})") from exc
+        return size
 
     def _roll_back(self, size: int, written: int, wanted: int, exc: OSError) -> None:
         """Cut off the bytes of an append that failed (a full disk): they were never
@@ -408,6 +596,8 @@ class CommitLog:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                with self._index_lock:
+                    self._index.close()
                 os.close(self._fd)
 
     def __enter__(self) -> CommitLog:

@@ -36,7 +36,7 @@ Rules:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -233,7 +233,17 @@ _Handler = Callable[[Mapping[str, Any]], None]
 class Ledger:
     """Every recording's retention state; feed it the log with ``apply`` (or use ``rebuild``)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        on_deleted: Callable[[Deletion], None] | None = None,
+        deleted: Callable[[str], tuple[str, datetime] | None] | None = None,
+    ) -> None:
+        """With ``on_deleted``, each deletion is handed to it as it is applied and not kept
+        (``deletion`` and ``deletions`` know none): the ledger's memory is then bounded by the
+        recordings that exist, however long the log. ``deleted``, then, tells why and when a
+        call's recording was deleted, for the refusals that say so."""
+        self._on_deleted = on_deleted
+        self._deleted_at = deleted
         self._live: dict[str, _Row] = {}
         self._gone: dict[str, _Gone] = {}
         self._deletions: list[_Gone] = []
@@ -317,6 +327,9 @@ class Ledger:
             entry["seq"],
             row,
         )
+        if self._on_deleted is not None:
+            self._on_deleted(gone.deletion())
+            return
         self._gone[call_id] = gone
         self._deletions.append(gone)
 
@@ -418,12 +431,17 @@ class Ledger:
         if row is not None:
             return row
         gone = self._gone.get(call_id)
-        if gone is None:
+        found = (gone.why, gone.time) if gone is not None else self._deleted_before(call_id)
+        if found is None:
             raise ProtocolError("unknown_call", f"call {call_id!r} has no recording")
+        why, when = found
         raise ProtocolError(
             "unknown_call",
-            f"call {call_id!r} has no recording: it was deleted ({gone.why}) at {iso(gone.time)}",
+            f"call {call_id!r} has no recording: it was deleted ({why}) at {iso(when)}",
         )
+
+    def _deleted_before(self, call_id: str) -> tuple[str, datetime] | None:
+        return None if self._deleted_at is None else self._deleted_at(call_id)
 
     def _purpose(self, call_id: str, purpose: str) -> tuple[_Row, datetime | None]:
         row = self._existing(call_id)
@@ -438,9 +456,19 @@ class Ledger:
 
 def rebuild(path: Path) -> Ledger:
     """The ledger of the log at ``path``, read without checking its chain."""
-    ledger = Ledger()
+    return ledger_of(read_entries(path))
+
+
+def ledger_of(
+    entries: Iterable[Mapping[str, Any]],
+    on_deleted: Callable[[Deletion], None] | None = None,
+    deleted: Callable[[str], tuple[str, datetime] | None] | None = None,
+) -> Ledger:
+    """The ledger of these log entries, in order: a whole log, or (the daemon at start) only
+    the retention lines of the recordings that exist, which its log's index points at."""
+    ledger = Ledger(on_deleted, deleted)
     apply = ledger.apply
-    for entry in read_entries(path):
+    for entry in entries:
         apply(entry)
     return ledger
 

@@ -89,8 +89,9 @@ def test_an_unkept_call_leaves_no_file_and_a_logged_wipe(tmp_path: Path) -> None
     assert wiped["call_id"] == call_id and wiped["seconds"] > 0.3
     # The log, and the key of callers' pseudonyms: nothing of the call.
     keys = [d.state / "caller.key", d.state / "checkpoint.key"]
-    assert files_under(d.state) == [*keys, d.state / "commit.log"]
+    assert files_under(d.state) == [*keys, d.state / "commit.index", d.state / "commit.log"]
     assert "+31205551234" not in (d.state / "commit.log").read_text()
+    assert b"+31205551234" not in (d.state / "commit.index").read_bytes()
     assert "+31205551234" not in d.stderr()
 
 

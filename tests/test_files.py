@@ -93,6 +93,7 @@ def test_the_commit_log_and_the_caller_key_get_their_modes_whatever_the_umask(
         CommitLog.open(tmp_path / "commit.log").close()
         Pseudonyms.open(tmp_path)
     assert mode(tmp_path / "commit.log") == 0o640
+    assert mode(tmp_path / "commit.index") == 0o600
     assert mode(tmp_path / KEY_NAME) == 0o600
 
 
@@ -139,6 +140,7 @@ def test_nothing_under_state_dir_is_for_other_users_even_with_umask_000(tmp_path
     expected = {
         ".": 0o750,
         "commit.log": 0o640,
+        "commit.index": 0o600,  # call ids: for the daemon alone
         KEY_NAME: 0o600,
         checkpoint.KEY_NAME: 0o600,
         "recordings": 0o750,
@@ -213,6 +215,7 @@ def test_hostile_call_ids_are_refused_and_lead_nowhere(tmp_path: Path) -> None:
         "state",
         "state/caller.key",
         "state/checkpoint.key",
+        "state/commit.index",
         "state/commit.log",
     ]
     recordings = (d.state / "recordings").rglob("*")

@@ -105,7 +105,7 @@ def test_an_unmarked_call_from_a_real_device_leaves_no_file(
         (wiped,) = d.wait_for_event("call_wiped")
     assert wiped["seconds"] > 1.0
     names = sorted(p.name for p in d.state.rglob("*") if p.is_file())
-    assert names == ["caller.key", "checkpoint.key", "commit.log"]
+    assert names == ["caller.key", "checkpoint.key", "commit.index", "commit.log"]
 
 
 def test_losing_pulseaudio_mid_call_keeps_the_daemon_up_and_recording_resumes(

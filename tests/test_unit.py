@@ -247,13 +247,22 @@ def _is_live_tracer(pid: str, output: Path) -> bool:
     return Path(argv[0].decode()).name == "strace" and str(output).encode() in argv and state != "Z"
 
 
+def _root_only_no_op(call: Call) -> bool:
+    """SQLite (the commit log's index) gives its journal the database file's owner, and only
+    when it runs as root, as this test does: ``fchown(fd, 0, 0)`` by root is a no-op. The
+    unit runs as ``User=hindsight``, where SQLite makes no such call (and under the filter
+    it would get EPERM, which SQLite ignores)."""
+    no_op = re.match(r"\d+, 0, 0\)", call.args) is not None
+    return os.geteuid() == 0 and call.name == "fchown" and no_op
+
+
 def problems(calls: list[Call], groups: dict[str, list[str]]) -> list[str]:
     """What the unit would refuse of ``calls``, one line per kind of refusal."""
     found: list[str] = []
     allowed = syscall_filter(values("SystemCallFilter"), groups)
     refused: dict[str, Call] = {}
     for call in calls:
-        if not allowed.permits(call.name):
+        if not allowed.permits(call.name) and not _root_only_no_op(call):
             refused.setdefault(call.name, call)
     found += [f"SystemCallFilter= refuses {name}: {call}" for name, call in refused.items()]
     families = address_families()

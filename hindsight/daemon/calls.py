@@ -115,6 +115,10 @@ def draw_sample(one_in: int) -> bool:
     return one_in > 0 and secrets.randbelow(one_in) == 0
 
 
+def _never(_: str) -> bool:
+    return False
+
+
 def new_call_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
@@ -183,15 +187,16 @@ class CallTable:
         self,
         config: Config,
         pool: Pool,
-        known_ids: set[str] | None = None,
+        known: Callable[[str], bool] | None = None,
         draw: Callable[[str], tuple[int | None, bool]] | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.lock = threading.Lock()
-        # Ids already used: the commit log's own set, which learns each new id
-        # when its call_started is appended, right after ``start`` returns.
-        self._known_ids = known_ids if known_ids is not None else set()
+        # Was this id used already? The commit log's index, which learns each new id when its
+        # call_started is appended, right after ``start`` returns; never asked under ``lock``
+        # (the audio thread takes that one). Without a log (tests), every id is new.
+        self._known = known if known is not None else _never
         # A call id's sampling epoch and draw; the daemon's is its Sampler's (hindsight.daemon.
         # epochs), the default (for tests) a draw from secrets outside any epoch.
         self._draw = draw or (lambda _: (None, draw_sample(self.config.sampling.one_in)))
@@ -274,11 +279,11 @@ class CallTable:
         call = self._new_call(
             config, call_id or self._fresh_id(), agent, _announced(config, announced)
         )
+        if self._known(call.call_id):
+            raise ProtocolError("bad_request", f"call id {call.call_id} was already used")
         with self.lock:
             if self._slots[slot] is not None:
                 raise ProtocolError("call_active", f"line {line} already has a live call")
-            if call.call_id in self._known_ids:
-                raise ProtocolError("bad_request", f"call id {call.call_id} was already used")
             self._slots[slot] = call
         return call
 
@@ -450,7 +455,7 @@ class CallTable:
 
     def _fresh_id(self) -> str:
         call_id = new_call_id(utcnow())
-        while call_id in self._known_ids:
+        while self._known(call_id):
             call_id = new_call_id(utcnow())
         return call_id
 

@@ -138,9 +138,9 @@ class Lifecycle:
         with ``unknown_call`` when it does not exist (never kept, or deleted)."""
         with self.log.still():
             recording = self.ledger.get(call_id)
-            gone = self.ledger.deletion(call_id) if recording is None else None
         if recording is None:
-            deleted = "" if gone is None else f": it was deleted ({gone.why}) at {iso(gone.time)}"
+            gone = self.log.deleted_entry(call_id)
+            deleted = "" if gone is None else f": it was deleted ({gone['why']}) at {gone['time']}"
             raise ProtocolError("unknown_call", f"call {call_id!r} has no recording{deleted}")
         self.log.append("recording_accessed", call_id=call_id, actor=actor, reason=reason)
         log.info("a recording accessed by %s", actor)
@@ -164,17 +164,19 @@ class Lifecycle:
         log.info("a recording deleted (%s)", why)
 
 
-def finish_deletions(ledger: Ledger, state_dir: Path) -> None:
-    """At start-up: unlink what a deletion logged before a crash left behind."""
-    for deletion in ledger.deletions():
-        if ledger.get(deletion.call_id) is not None:
+def finish_deletions(ledger: Ledger, commit_log: CommitLog, state_dir: Path) -> None:
+    """At start-up: unlink what a deletion logged before a crash left behind (the log's index
+    says which deletions were logged since the last start made sure of theirs)."""
+    for deletion in commit_log.pending_deletions():
+        call_id = deletion["call_id"]
+        if ledger.get(call_id) is not None:
             continue  # committed again since (a recovered recording)
-        recording = inside(state_dir, deletion.path)
+        recording = inside(state_dir, str(deletion["path"]))
         if recording is None:
             # Not the path itself: it names the call (the commit log has it, for the auditor).
             log.error("not following a logged deletion's path out of recordings/")
             continue
-        left = [p for p in (recording, sidecar_path(recording, deletion.call_id)) if p.exists()]
+        left = [p for p in (recording, sidecar_path(recording, call_id)) if p.exists()]
         for path in left:
             path.unlink()
         if left:
@@ -182,3 +184,4 @@ def finish_deletions(ledger: Ledger, state_dir: Path) -> None:
             log.warning(
                 "finished the deletion of a recording, cut short by a crash (%d files)", len(left)
             )
+    commit_log.deletions_done()

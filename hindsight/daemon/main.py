@@ -34,12 +34,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import FrameType
 
 import zmq
 
 from hindsight import __version__, checkpoint
-from hindsight.clock import iso, utcnow
+from hindsight.clock import iso, parse_iso, utcnow
 from hindsight.commitlog import LOG_NAME, CommitLog
 from hindsight.config import Config, is_loopback, load_config, resolve_config_path
 from hindsight.daemon import keyfile, logs, systemd
@@ -61,7 +62,7 @@ from hindsight.daemon.service import Service
 from hindsight.daemon.sources import Source, loop_source
 from hindsight.errors import ConfigError, HindsightError
 from hindsight.replies import MetricsSnapshot
-from hindsight.retention import rebuild
+from hindsight.retention import ledger_of
 
 log = logging.getLogger("hindsight.daemon")
 
@@ -100,6 +101,16 @@ def build_sources(config: Config) -> list[Source]:
     return [loop_source(config.audio, device) for device in config.audio.devices]
 
 
+def _forget(_: object) -> None:
+    pass
+
+
+def _deleted(commit_log: CommitLog, call_id: str) -> tuple[str, datetime] | None:
+    """Why and when ``call_id``'s recording was deleted, from the log (through its index)."""
+    entry = commit_log.deleted_entry(call_id)
+    return None if entry is None else (str(entry["why"]), parse_iso(entry["time"]))
+
+
 class Daemon:
     _parts: _Parts  # set by _run, before any signal is acted on
 
@@ -119,7 +130,10 @@ class Daemon:
         harden_process()
         state_dir = self.config.daemon.state_dir
         make_state_dir(state_dir)
-        commit_log = CommitLog.open(state_dir / LOG_NAME)
+        path = state_dir / LOG_NAME
+        size = path.stat().st_size if path.exists() else 0
+        # Usually only the lines since the last run; the whole log when it has no index yet.
+        commit_log = CommitLog.open(path, systemd.StartProgress("checking the commit log", size))
         try:
             return self._run(commit_log)
         finally:
@@ -130,13 +144,15 @@ class Daemon:
         memory = PoolMemory.create(count * CHUNK_SAMPLES * 2, self.config.buffer.require_lock)
         pool = Pool(self.config.buffer.memory_mb, data=memory.array(CHUNK_SAMPLES))
         sampler = Sampler(commit_log)
-        table = CallTable(self.config, pool, known_ids=commit_log.call_ids, draw=sampler.draw)
+        table = CallTable(self.config, pool, known=commit_log.knows, draw=sampler.draw)
         spawn = process_spawner(memory, CHUNK_SAMPLES, self.config.daemon.state_dir)
         keeper = Keeper(
             table, commit_log, self.config, spawn, hang_seconds=self.config.worker.hang_seconds
         )
-        ledger = rebuild(commit_log.path)
-        finish_deletions(ledger, self.config.daemon.state_dir)
+        # Deletions are not kept: the log's index finds one when it is asked about.
+        deleted = functools.partial(_deleted, commit_log)
+        ledger = ledger_of(commit_log.kept_entries(), _forget, deleted)
+        finish_deletions(ledger, commit_log, self.config.daemon.state_dir)
         pseudonyms = Pseudonyms.open(self.config.daemon.state_dir)
         signing = keyfile.secret(
             self.config.daemon.state_dir,

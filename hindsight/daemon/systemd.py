@@ -13,10 +13,13 @@ Rules:
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+
+log = logging.getLogger(__name__)
 
 STALL_SECONDS = 2.0  # a running source silent this long is stuck
 
@@ -34,6 +37,37 @@ def notify(state: str) -> bool:
         except OSError:
             return False
     return True
+
+
+class StartProgress:
+    """Long work before ``READY=1`` (checking a whole commit log the first time): every
+    ``every`` seconds, the journal hears how far it has come, and systemd's start timeout is
+    pushed out by ``grace`` seconds, so a big log is never cut short by ``TimeoutStartSec``."""
+
+    def __init__(
+        self,
+        what: str,
+        total_bytes: int,
+        every: float = 5.0,
+        grace: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what, self.total, self.every, self.grace, self.clock = (
+            what, max(total_bytes, 1), every, grace, clock,
+        )  # fmt: skip
+        self.started = self.last = clock()
+
+    def __call__(self, lines: int, done_bytes: int) -> None:
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        percent = min(100.0, 100.0 * done_bytes / self.total)
+        notify(
+            f"EXTEND_TIMEOUT_USEC={int(self.grace * 1e6)}\n"
+            f"STATUS={self.what}: {percent:.0f}% ({lines} lines)"
+        )
+        log.info("%s: %.0f%% (%d lines in %.0f s)", self.what, percent, lines, now - self.started)
 
 
 def watchdog_interval(environ: Mapping[str, str] = os.environ) -> float | None:
