@@ -572,7 +572,7 @@ def test_report_json_keys_and_times(tmp_path: Path) -> None:
     data = report(tmp_path, NOW).to_json()
     assert list(data) == [
         *("entries", "first_time", "last_time", "totals", "per_line", "per_agent"),
-        *("retention", "deletions", "accesses", "per_day", "fairness"),
+        *("retention", "deletions", "accesses", "per_day", "fairness", "since", "until"),
     ]
     figure_keys = list(data["totals"])
     assert figure_keys == [

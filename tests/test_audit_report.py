@@ -259,7 +259,7 @@ def test_report_json_keys_for_fairness_and_days(tmp_path: Path) -> None:
     data = report(log.write(tmp_path), NOW).to_json()
     assert list(data) == [
         *("entries", "first_time", "last_time", "totals", "per_line", "per_agent"),
-        *("retention", "deletions", "accesses", "per_day", "fairness"),
+        *("retention", "deletions", "accesses", "per_day", "fairness", "since", "until"),
     ]
     assert data["per_day"] == {
         "2026-11-27": {"started": 3, "committed": 1, "wiped": 2},

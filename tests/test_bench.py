@@ -71,4 +71,15 @@ def test_the_audit_benchmark_reads_a_real_log_every_way_against_its_floor() -> N
     out = run_bench("bench_audit.py", "--quick", timeout=120)
     for case in ("SHA-256 of the bytes (floor)", "read_chain", "audit verify", "audit report"):
         assert case in out, out
-    assert "daemon start-up reads" in out and "wrote 20,002 lines" in out, out
+    assert "daemon start-up reads" in out and "daemon start-up, no index yet" in out, out
+    assert "wrote 20,002 lines" in out, out
+
+
+def test_the_line_benchmark_checks_every_line_against_the_reference_first() -> None:
+    out = run_bench("bench_logline.py", "--quick", timeout=120)
+    assert "reference" in out and "parse_line" in out, out
+
+
+def test_the_object_store_benchmark_uploads_to_a_real_seaweedfs() -> None:
+    out = run_bench("bench_s3.py", "--quick", timeout=180)
+    assert "upload_fileobj" in out and "put_stream" in out, out

@@ -282,6 +282,7 @@ def _section(name: str, title: str, *parts: str) -> str:
 
 def _summary(report: Report) -> str:
     facts = (
+        *text.span_rows(report),
         ("log entries", str(report.entries)),
         ("first entry", report.first_time or "-"),
         ("last entry", report.last_time or "-"),

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from hindsight.audit.common import DELETION_WHYS, NO_AGENT, REASONS, UNKNOWN, iso_or_none
+from hindsight.audit.common import (
+    DELETION_WHYS,
+    NO_AGENT,
+    REASONS,
+    UNKNOWN,
+    Span,
+    iso_or_none,
+)
 from hindsight.audit.fairness import BandTally, Fairness
 from hindsight.clock import iso, utcnow
 from hindsight.commitlog import LOG_NAME, OUTCOME_EVENTS, LineHook, read_chain
@@ -78,6 +85,23 @@ def _names(value: object) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list) else []
 
 
+class _Sum:
+    """A sum of many floats, in bounded memory, within a rounding of ``math.fsum``'s."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[float] = []
+
+    def add(self, value: float) -> None:
+        self.parts.append(value)
+        if len(self.parts) >= 256:
+            self.parts = [math.fsum(self.parts)]
+
+    def total(self) -> float:
+        return math.fsum(self.parts)
+
+
 @dataclass
 class _Tally:
     started: int = 0
@@ -88,9 +112,9 @@ class _Tally:
     open: int = 0
     by_reason: Counter[str] = field(default_factory=Counter)
     by_purpose: Counter[str] = field(default_factory=Counter)
-    kept: list[float] = field(default_factory=list)
-    gone: list[float] = field(default_factory=list)
-    rolled: list[float] = field(default_factory=list)
+    kept: _Sum = field(default_factory=_Sum)
+    gone: _Sum = field(default_factory=_Sum)
+    rolled: _Sum = field(default_factory=_Sum)
 
     def add(self, entry: Mapping[str, Any], was_open: bool) -> None:
         event = entry["event"]
@@ -107,13 +131,13 @@ class _Tally:
         if entry["event"] == "call_wiped":
             self.wiped += 1
             self.lost_in_crash += int(entry.get("why") == "lost_in_crash")
-            self.gone.append(_seconds(entry.get("seconds")))
+            self.gone.add(_seconds(entry.get("seconds")))
             return
         self.committed += 1
         self.by_reason.update(r for r in _names(entry.get("reasons")) if r in REASONS)
         self.by_purpose.update(_names(entry.get("purposes")))
-        self.kept.append(_seconds(entry.get("seconds")))
-        self.rolled.append(_seconds(entry.get("rolled_seconds")))
+        self.kept.add(_seconds(entry.get("seconds")))
+        self.rolled.add(_seconds(entry.get("rolled_seconds")))
 
     def freeze(self) -> Figures:
         return Figures(
@@ -125,10 +149,15 @@ class _Tally:
             open=self.open,
             by_reason={reason: self.by_reason[reason] for reason in REASONS},
             by_purpose=dict(sorted(self.by_purpose.items())),
-            seconds_kept=round(math.fsum(self.kept), 3),
-            seconds_wiped=round(math.fsum(self.gone), 3),
-            rolled_seconds=round(math.fsum(self.rolled), 3),
+            seconds_kept=round(self.kept.total(), 3),
+            seconds_wiped=round(self.gone.total(), 3),
+            rolled_seconds=round(self.rolled.total(), 3),
         )
+
+
+# After these, a call's line and agent are asked for no more: its owner is forgotten, so the
+# census holds the owners of open calls and existing recordings only.
+_LAST_OWNED = frozenset({"call_wiped", "recording_deleted"})
 
 
 @dataclass
@@ -144,18 +173,33 @@ class _Census:
     owners: dict[str, tuple[str, str]] = field(default_factory=dict)
     open_ids: set[str] = field(default_factory=set)
     days: Counter[tuple[str, str]] = field(default_factory=Counter)
+    deletions: list[Deletion] = field(default_factory=list)  # in the span, in log order
+    # A span that starts after the log does: the outcome of a call not started in it is not
+    # counted (in the whole log, such an outcome counts for agent "(unknown)").
+    spanned: bool = False
+
+    def deleted_in(self, span: Span) -> Callable[[Deletion], None]:
+        """What the ledger hands each deletion to: kept when it falls in ``span``."""
+
+        def keep(deletion: Deletion) -> None:
+            if span.since is None or deletion.time >= span.since:
+                self.deletions.append(deletion)
+
+        return keep
 
     def add(self, entry: Mapping[str, Any]) -> None:
         self.entries += 1
         self.first_time = self.first_time or entry["time"]
         self.last_time = entry["time"]
+        call_id = entry.get("call_id")
+        was_open = isinstance(call_id, str) and self._track(entry, call_id)
+        if self.spanned and entry["event"] in OUTCOME_EVENTS and not was_open:
+            return  # a call started before the span: not this report's to count
         if entry["event"] in _DAY_EVENTS:
             self.days[str(entry["time"])[:10], entry["event"]] += 1
-        call_id = entry.get("call_id")
         if not isinstance(call_id, str):
             self.totals.add(entry, was_open=False)
             return
-        was_open = self._track(entry, call_id)
         line, agent = self.owners.get(call_id) or (str(entry.get("line", UNKNOWN)), UNKNOWN)
         for tally in (
             self.totals,
@@ -163,6 +207,8 @@ class _Census:
             self.agents.setdefault(agent, _Tally()),
         ):
             tally.add(entry, was_open)
+        if entry["event"] in _LAST_OWNED:  # nothing later is told by line or agent
+            self.owners.pop(call_id, None)
 
     def _track(self, entry: Mapping[str, Any], call_id: str) -> bool:
         """Note a start's owner; True when ``entry`` is the outcome of a call still open."""
@@ -176,9 +222,11 @@ class _Census:
         return False
 
     def freeze(
-        self, retention: Retention, accesses: Sequence[Access], fairness: Fairness
+        self, retention: Retention, accesses: Sequence[Access], fairness: Fairness, span: Span
     ) -> Report:
         return Report(
+            since=span.since,
+            until=span.until,
             entries=self.entries,
             first_time=self.first_time,
             last_time=self.last_time,
@@ -272,6 +320,11 @@ class _Draws:
         elif event in OUTCOME_EVENTS:
             self._settle(self.open.pop(call_id, None), entry)
 
+    def declare(self, entry: Mapping[str, Any]) -> None:
+        """Only take in an epoch's declaration (a line before the span asked about)."""
+        if entry["event"] == "sampling_epoch":
+            self._declare(entry)
+
     def _declare(self, entry: Mapping[str, Any]) -> None:
         """An epoch counts from its first declaration, when it says how calls were drawn."""
         epoch, one_in = _whole(entry.get("epoch")), _whole(entry.get("one_in"))
@@ -364,7 +417,7 @@ class Retention:
     deletions: Sequence[Deletion]
 
     @classmethod
-    def of(cls, ledger: Ledger, now: datetime) -> Retention:
+    def of(cls, ledger: Ledger, now: datetime, deletions: Sequence[Deletion]) -> Retention:
         recordings = ledger.recordings()
         purposes = sorted({name for recording in recordings for name in recording.purposes})
         return cls(
@@ -377,7 +430,7 @@ class Retention:
                 name: PurposeRetention.of(name, ledger.recordings(purpose=name), now)
                 for name in purposes
             },
-            deletions=ledger.deletions(),
+            deletions=deletions,
         )
 
     @property
@@ -447,6 +500,8 @@ class Access:
 class Report:
     """What was committed, wiped and deleted, and why; see ``to_json`` for the figures."""
 
+    since: datetime | None  # the span asked about (None: from the log's start)
+    until: datetime | None  # (None: to its end)
     entries: int
     first_time: str | None
     last_time: str | None
@@ -482,6 +537,10 @@ class Report:
         events of that day), only days with one, in order. ``fairness``: ``confidence``
         (0.999), then ``totals``, ``per_line`` and ``per_agent`` (name -> band object, sorted,
         only groups with a settled call); see ``hindsight.audit.fairness.Band.to_json``.
+
+        ``since`` and ``until`` (ISO 8601, or null for an open end): the span asked about;
+        the figures count the calls started in it, and the lines, deletions and accesses
+        logged in it; retention is as of its end when that is sooner than the report.
         """
         return {
             "entries": self.entries,
@@ -497,22 +556,44 @@ class Report:
                 day.isoformat(): figures.to_json() for day, figures in self.per_day.items()
             },
             "fairness": self.fairness.to_json(),
+            "since": iso_or_none(self.since),
+            "until": iso_or_none(self.until),
         }
 
 
-def report(state_dir: Path, now: datetime | None = None, on_line: LineHook | None = None) -> Report:
-    """Figures over the whole log, retention as of ``now`` (by default the current time);
-    raises CommitLogError when the log is missing, its chain breaks, or a retention event
-    cannot be read. ``on_line`` is told how far the reading has come (a progress bar)."""
+WHOLE = Span()
+
+
+def report(
+    state_dir: Path,
+    now: datetime | None = None,
+    on_line: LineHook | None = None,
+    span: Span = WHOLE,
+) -> Report:
+    """Figures over the whole log, or over the calls started in ``span``; retention as of
+    ``now`` (by default the current time), or as of the span's end when that is sooner.
+    Raises CommitLogError when the log is missing, its chain breaks, or a retention event
+    cannot be read. ``on_line`` is told how far the reading has come (a progress bar).
+    The chain is checked over the whole log whatever the span."""
     path = state_dir / LOG_NAME
     if not path.is_file():
         raise CommitLogError(f"{LOG_NAME} is missing in {state_dir}")
-    census, ledger, draws, accesses = _Census(), Ledger(), _Draws(), []
+    census, draws, accesses = _Census(spanned=span.since is not None), _Draws(), []
+    ledger = Ledger(on_deleted=census.deleted_in(span))
     for entry in read_chain(path, on_line):
-        census.add(entry)
+        place = span.place(entry)
+        if place > 0:
+            continue  # only the chain, which read_chain checks, goes on to the end
         ledger.apply(entry)
+        if place < 0:
+            draws.declare(entry)  # an epoch declared before still draws the calls in it
+            continue
+        census.add(entry)
         draws.add(entry)
         if entry["event"] == "recording_accessed":
             accesses.append(Access.of(entry))
-    retention = Retention.of(ledger, utcnow() if now is None else now)
-    return census.freeze(retention, accesses, draws.freeze())
+    as_of = utcnow() if now is None else now
+    if span.until is not None:
+        as_of = min(as_of, span.until)
+    retention = Retention.of(ledger, as_of, census.deletions)
+    return census.freeze(retention, accesses, draws.freeze(), span)

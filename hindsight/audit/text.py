@@ -59,8 +59,15 @@ def _section(title: str, lines: list[str]) -> str:
     return "\n".join([title, "-" * len(title), *lines])
 
 
+def span_rows(report: Report) -> list[tuple[str, str]]:
+    """The span asked about, when it is not the whole log."""
+    rows = [("since", report.since), ("until", report.until)]
+    return [(name, iso(moment)) for name, moment in rows if moment is not None]
+
+
 def _summary(report: Report) -> str:
     rows = [
+        *span_rows(report),
         ("log entries", str(report.entries)),
         ("first entry", shown(report.first_time or "-")),
         ("last entry", shown(report.last_time or "-")),

@@ -28,7 +28,8 @@ from typing import Any
 
 import pyrage
 
-from hindsight.audit.common import DELETION_WHYS, shown
+from hindsight.audit.callbook import CallBook, OpenCall
+from hindsight.audit.common import DELETION_WHYS, Span, shown
 from hindsight.audit.draws import Draws
 from hindsight.checkpoint import SignedCheckpoint
 from hindsight.clock import iso, utcnow
@@ -55,14 +56,6 @@ class VerifyResult:
     recordings: int
     draws: int = 0  # calls whose sampling draw was recomputed
     unverified_epochs: tuple[int, ...] = ()  # sampling epochs whose seed is not known
-
-
-@dataclass
-class _Call:
-    started: int
-    run: int
-    outcome: int | None = None
-    marks: list[object] = field(default_factory=list)  # the purposes of its call_marked lines
 
 
 @dataclass(frozen=True)
@@ -95,28 +88,33 @@ class _CallRules:
     """Walks the entries in order, applying the call rules and feeding the retention ledger;
     keeps the first problem."""
 
+    state_dir: Path | None = None  # where deleted files are looked for (None: nowhere)
     entries: int = 0
     problem: str | None = None
-    calls: dict[str, _Call] = field(default_factory=dict)
+    calls: CallBook = field(default_factory=CallBook)
     run_starts: list[int] = field(default_factory=lambda: [0])
     stopped_at: int | None = None
-    commits: list[_Commit] = field(default_factory=list)
+    commits: dict[str, _Commit] = field(default_factory=dict)  # of recordings that exist
     repairs: list[tuple[int, Repair]] = field(default_factory=list)  # log_repaired, by line
-    retention: Ledger = field(default_factory=Ledger)
     draws: Draws = field(default_factory=Draws)
     witnessed: Mapping[int, SignedCheckpoint] = field(default_factory=dict)
     checkpoint_keys: set[str] = field(default_factory=set)  # named by daemon_started lines
+    premature: str | None = None  # the first purge of a recording that was not due
+    lingering: list[tuple[Deletion, str, str]] = field(default_factory=list)  # files still there
 
     rules: dict[str, _Rule] = field(init=False, repr=False, compare=False)
+    retention: Ledger = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Deletions are looked at as they come, not kept: memory stays bounded.
+        self.retention = Ledger(on_deleted=self._deleted)
         self.rules = {
             "daemon_started": self._daemon_started,
             "daemon_stopped": self._daemon_stopped,
             "call_started": self._call_started,
             "call_marked": self._call_marked,
             "call_committed": self._call_committed,
-            "call_wiped": self._outcome,
+            "call_wiped": self._call_wiped,
             "recording_deleted": self._recording_deleted,
             "recording_accessed": self._recording_accessed,
             LOG_REPAIRED: self._log_repaired,
@@ -189,56 +187,77 @@ class _CallRules:
         call_id = entry.get("call_id")
         if not isinstance(call_id, str):
             return f"{_at(entry)}: call_started has no call_id"
-        if call_id in self.calls:
-            first = self.calls[call_id].started
+        first = self.calls.started_line(call_id)
+        if first is not None:
             return f"{_at(entry)}: call_started reuses call id {call_id!r} of line {first}"
-        self.calls[call_id] = _Call(entry["seq"], self.run)
+        self.calls.start(call_id, entry["seq"], self.run)
         return None
 
-    def _known_call(self, entry: Mapping[str, Any]) -> tuple[_Call | None, str | None]:
+    def _open_call(self, entry: Mapping[str, Any]) -> tuple[OpenCall | None, str | None]:
+        """The open call ``entry`` names, or why there is none: never started, or settled."""
         call_id = entry.get("call_id")
-        call = self.calls.get(call_id) if isinstance(call_id, str) else None
-        if call is None:
-            event = entry["event"]
+        call = self.calls.open.get(call_id) if isinstance(call_id, str) else None
+        if call is not None:
+            return call, None
+        event = entry["event"]
+        settled = self.calls.settled(call_id) if isinstance(call_id, str) else None
+        if settled is None:
             return None, f"{_at(entry)}: {event} for call {call_id!r}, which was never started"
-        return call, None
+        if event == "call_marked":
+            return None, (
+                f"{_at(entry)}: call {call_id!r} is marked after its outcome on line "
+                f"{settled.outcome}"
+            )
+        return None, (
+            f"{_at(entry)}: call {call_id!r} has a second outcome ({event}); "
+            f"its first was on line {settled.outcome}"
+        )
 
     def _call_marked(self, entry: Mapping[str, Any]) -> str | None:
-        call, problem = self._known_call(entry)
-        if call is not None and call.outcome is not None:
-            call_id = entry["call_id"]
-            return (
-                f"{_at(entry)}: call {call_id!r} is marked after its outcome on line {call.outcome}"
-            )
+        call, problem = self._open_call(entry)
         if call is not None and entry.get("purpose") not in call.marks:
             call.marks.append(entry.get("purpose"))
         return problem
 
-    def _outcome(self, entry: Mapping[str, Any]) -> str | None:
-        call, problem = self._known_call(entry)
-        if call is None:
-            return problem
-        if call.outcome is not None:
-            return (
-                f"{_at(entry)}: call {entry['call_id']!r} has a second outcome ({entry['event']}); "
-                f"its first was on line {call.outcome}"
-            )
-        call.outcome = entry["seq"]
-        return None
+    def _call_wiped(self, entry: Mapping[str, Any]) -> str | None:
+        call, problem = self._open_call(entry)
+        if call is not None:
+            self.calls.settle(entry["call_id"], entry["seq"])
+        return problem
 
     def _call_committed(self, entry: Mapping[str, Any]) -> str | None:
-        problem = self._outcome(entry)
-        if problem is not None:
+        call, problem = self._open_call(entry)
+        if call is None:
             return problem
+        call_id = entry["call_id"]
+        self.calls.settle(call_id, entry["seq"])
         path, digest = entry.get("path"), entry.get("sha256")
         if not _inside(path):
             return f"{_at(entry)}: path {path!r} is not a relative path inside the state dir"
         if not isinstance(digest, str):
             return f"{_at(entry)}: call_committed has no sha256"
         assert isinstance(path, str)
-        marks = tuple(self.calls[entry["call_id"]].marks)
-        self.commits.append(_Commit(entry["seq"], entry["call_id"], path, digest, entry, marks))
+        marks = tuple(call.marks)
+        self.commits[call_id] = _Commit(entry["seq"], call_id, path, digest, entry, marks)
         return None
+
+    def _deleted(self, deletion: Deletion) -> None:
+        """A recording's deletion, applied by the ledger: its commit is no longer checked;
+        a purge of one that was not due is a problem; its files must be gone (those still
+        there are checked at the end, when it is known which of them a later commit owns)."""
+        self.calls.deleted(deletion.call_id, deletion.seq)
+        commit = self.commits.get(deletion.call_id)
+        if commit is not None and commit.seq < deletion.seq:
+            del self.commits[deletion.call_id]
+        if self.premature is None and deletion.premature and deletion.recording is not None:
+            self.premature = (
+                f"{LOG_NAME} line {deletion.seq}: call {deletion.call_id!r} was purged as expired "
+                f"at {iso(deletion.time)} while {_not_due(deletion.recording)}: a premature purge"
+            )
+        if self.state_dir is not None:
+            for kind, path in _deleted_files(deletion):
+                if os.path.lexists(self.state_dir / path):
+                    self.lingering.append((deletion, kind, path))
 
     def _log_repaired(self, entry: Mapping[str, Any]) -> str | None:
         """``hindsight audit repair`` moved a torn tail aside; its copy is checked later."""
@@ -268,8 +287,9 @@ class _CallRules:
         """Someone opened a recording: it must exist at that point, and they must be named."""
         call_id = entry.get("call_id")
         if not isinstance(call_id, str) or self.retention.get(call_id) is None:
-            gone = self.retention.deletion(call_id) if isinstance(call_id, str) else None
-            why = "never committed" if gone is None else f"deleted on line {gone.seq}"
+            gone = self.calls.settled(call_id) if isinstance(call_id, str) else None
+            deleted = None if gone is None else gone.deleted
+            why = "never committed" if deleted is None else f"deleted on line {deleted}"
             return (
                 f"{_at(entry)}: recording_accessed for call {call_id!r}, which has no "
                 f"recording at that point ({why})"
@@ -283,9 +303,7 @@ class _CallRules:
 
     def open_call_problem(self) -> str | None:
         """A call without outcome is fine only in the last run while that run is live."""
-        for call_id, call in self.calls.items():
-            if call.outcome is not None:
-                continue
+        for call_id, call in self.calls.open.items():
             if call.run < self.run:
                 ended = f"a later daemon run started on line {self.run_starts[call.run + 1]}"
             elif self.stopped_at is not None:
@@ -297,16 +315,19 @@ class _CallRules:
 
     def open_calls(self) -> list[str]:
         """The calls without outcome (once ``open_call_problem`` is None: of the live run)."""
-        return [call_id for call_id, call in self.calls.items() if call.outcome is None]
+        return list(self.calls.open)
 
     def live_commits(self) -> list[_Commit]:
-        """The commits whose recording exists by the log: not deleted since."""
-        return [
-            commit
-            for commit in self.commits
-            if (recording := self.retention.get(commit.call_id)) is not None
-            and recording.seq == commit.seq
-        ]
+        """The commits whose recording exists by the log: not deleted since, in log order."""
+        return sorted(
+            (
+                commit
+                for commit in self.commits.values()
+                if (recording := self.retention.get(commit.call_id)) is not None
+                and recording.seq == commit.seq
+            ),
+            key=lambda commit: commit.seq,
+        )
 
 
 def _named(value: object) -> bool:
@@ -315,17 +336,6 @@ def _named(value: object) -> bool:
 
 def _no_rule(entry: Mapping[str, Any]) -> None:
     """Events without a call rule (daemon life cycle, future kinds) only need the chain."""
-
-
-def _premature(retention: Ledger) -> str | None:
-    """``expired`` is a purge: it may only take a recording that was due and not held."""
-    for deletion in retention.deletions():
-        if deletion.premature and deletion.recording is not None:
-            return (
-                f"{LOG_NAME} line {deletion.seq}: call {deletion.call_id!r} was purged as expired "
-                f"at {iso(deletion.time)} while {_not_due(deletion.recording)}: a premature purge"
-            )
-    return None
 
 
 def _not_due(recording: Recording) -> str:
@@ -464,16 +474,17 @@ def _deleted_files(deletion: Deletion) -> Iterator[tuple[str, str]]:
         yield from _files_of(path, deletion.call_id).items()
 
 
-def _lingering(state_dir: Path, retention: Ledger, accounted: Collection[str]) -> str | None:
+def _lingering(
+    state_dir: Path, lingering: Iterable[tuple[Deletion, str, str]], accounted: Collection[str]
+) -> str | None:
     """A recording logged as deleted, and its sidecar, must be gone."""
-    for deletion in retention.deletions():
-        for kind, path in _deleted_files(deletion):
-            if path not in accounted and os.path.lexists(state_dir / path):
-                return (
-                    f"{LOG_NAME} line {deletion.seq}: {kind} {path} of call {deletion.call_id!r} "
-                    f"is logged as deleted ({deletion.why}) but still exists (a deletion cut "
-                    "short by a crash is finished at the daemon's next start)"
-                )
+    for deletion, kind, path in lingering:
+        if path not in accounted and os.path.lexists(state_dir / path):
+            return (
+                f"{LOG_NAME} line {deletion.seq}: {kind} {path} of call {deletion.call_id!r} "
+                f"is logged as deleted ({deletion.why}) but still exists (a deletion cut "
+                "short by a crash is finished at the daemon's next start)"
+            )
     return None
 
 
@@ -556,22 +567,25 @@ def _torn_copies(state_dir: Path, repairs: Iterable[tuple[int, Repair]]) -> str 
     return None
 
 
-def _check_recordings(state_dir: Path, rules: _CallRules) -> tuple[int, str | None]:
+def _check_recordings(state_dir: Path, rules: _CallRules, span: Span) -> tuple[int, str | None]:
+    """Hash the recordings (of the calls committed in ``span``), then make sure the log
+    accounts for every file, whatever the span: the checks of what is not there are cheap."""
     problem = _empty_beside_recordings(state_dir, rules.entries) or _torn_copies(
         state_dir, rules.repairs
     )
     if problem is not None:
         return 0, problem
     live = rules.live_commits()
-    for checked, commit in enumerate(live):
+    hashed = [commit for commit in live if span.place(commit.fields) == 0]
+    for checked, commit in enumerate(hashed):
         problem = _check_recording(state_dir, commit)
         if problem is not None:
             return checked, problem
     accounted = _accounted(live)
-    problem = _lingering(state_dir, rules.retention, accounted) or _unaccounted(
+    problem = _lingering(state_dir, rules.lingering, accounted) or _unaccounted(
         state_dir, accounted, rules.open_calls()
     )
-    return len(live), problem
+    return len(hashed), problem
 
 
 def _overdue(retention: Ledger, now: datetime) -> str | None:
@@ -593,9 +607,11 @@ def _walk(
     identities: Sequence[pyrage.x25519.Identity],
     witnessed: Mapping[int, SignedCheckpoint],
     on_line: LineHook | None,
+    state_dir: Path | None = None,
 ) -> tuple[_CallRules, str | None]:
-    """The whole chain first; a chain problem outranks any call-rule problem."""
-    rules = _CallRules(draws=Draws(identities), witnessed=witnessed)
+    """The whole chain first; a chain problem outranks any call-rule problem. The caller
+    closes ``rules.calls``."""
+    rules = _CallRules(state_dir, draws=Draws(identities), witnessed=witnessed)
     try:
         for entry in read_chain(path, on_line):
             rules.feed(entry)
@@ -606,9 +622,12 @@ def _walk(
         or rules.cut_short()
         or rules.foreign_key()
         or rules.open_call_problem()
-        or _premature(rules.retention)
+        or rules.premature
         or rules.draws.finish()
     )
+
+
+WHOLE = Span()
 
 
 def verify(
@@ -617,20 +636,24 @@ def verify(
     identities: Sequence[pyrage.x25519.Identity] = (),
     witnessed: Mapping[int, SignedCheckpoint] | None = None,
     on_line: LineHook | None = None,
+    span: Span = WHOLE,
 ) -> VerifyResult:
     """Check the log's chain, its call and retention rules, every sampling draw whose seed is
     known (revealed, or sealed to one of ``identities``), every committed recording and
     sidecar, that the log accounts for every file under recordings/, and that nothing is
     overdue at ``now`` (by default, the current time). With ``witnessed`` (a witness's
     checkpoints by line), every line a witness saw must still be there with that hash.
-    ``on_line`` is told how far the reading of the log has come (a progress bar)."""
+    ``on_line`` is told how far the reading of the log has come (a progress bar). With a
+    ``span``, only the recordings of the calls committed in it are hashed; every line is
+    still read, its chain and rules checked, and every file accounted for."""
     path = state_dir / LOG_NAME
     if not path.is_file():
         return VerifyResult(False, f"{LOG_NAME} is missing or not a file in {state_dir}", 0, 0)
-    rules, problem = _walk(path, identities, witnessed or {}, on_line)
+    rules, problem = _walk(path, identities, witnessed or {}, on_line, state_dir)
+    rules.calls.close()
     checked = 0
     if problem is None:
-        checked, problem = _check_recordings(state_dir, rules)
+        checked, problem = _check_recordings(state_dir, rules, span)
     if problem is None:
         problem = _overdue(rules.retention, utcnow() if now is None else now)
     draws = rules.draws

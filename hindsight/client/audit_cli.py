@@ -7,18 +7,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hindsight import audit
 from hindsight.audit import text as audit_text
 from hindsight.audit import witness
+from hindsight.audit.common import Span
 from hindsight.audit.progress import bar
 from hindsight.client.access import load_identities
 from hindsight.client.options import connection_options, endpoint_of, timeout_seconds
 from hindsight.client.transport import send
+from hindsight.clock import iso
 from hindsight.commitlog import LOG_NAME
-from hindsight.protocol import Checkpoint
+from hindsight.errors import ClientError
+from hindsight.protocol import EXIT_USAGE, Checkpoint
 
 
 def add_audit(commands: Any) -> None:
@@ -34,6 +38,40 @@ def add_audit(commands: Any) -> None:
 
 def _state_dir(verb: argparse.ArgumentParser) -> None:
     verb.add_argument("--state-dir", required=True, help="the daemon's state_dir")
+
+
+def _moment(text: str) -> datetime:
+    """A date (``2026-11-01``: its midnight) or a time (``2026-11-01T08:00``, ``…Z``, ``…+01:00``);
+    one without a zone is UTC, as the log's times are."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date (YYYY-MM-DD) or a time (YYYY-MM-DDTHH:MM[:SS][Z])"
+        ) from exc
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _span_options(verb: argparse.ArgumentParser, what: str) -> None:
+    verb.add_argument(
+        "--since",
+        type=_moment,
+        metavar="WHEN",
+        help=f"{what} from this date or time on (UTC unless it says; the chain is still checked "
+        "from the log's first line)",
+    )
+    verb.add_argument(
+        "--until", type=_moment, metavar="WHEN", help=f"{what} before this date or time"
+    )
+
+
+def _span(args: argparse.Namespace) -> Span:
+    span = Span(args.since, args.until)
+    if span.since is not None and span.until is not None and span.since >= span.until:
+        raise ClientError(
+            f"--since ({iso(span.since)}) must be before --until ({iso(span.until)})", EXIT_USAGE
+        )
+    return span
 
 
 def _add_verify(verbs: Any) -> None:
@@ -55,23 +93,25 @@ def _add_verify(verbs: Any) -> None:
         help="a witness's store (audit witness --store): fail when the log no longer holds "
         "a line the witness saw, with the hash it saw",
     )
+    _span_options(verify, "hash the recordings of the calls committed")
     verify.set_defaults(run=cmd_verify)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     identities = [key for path in args.identity for key in load_identities(path)]
     witnessed = None if args.witness is None else witness.Store(args.witness).witnessed()
-    state_dir = Path(args.state_dir)
+    state_dir, span = Path(args.state_dir), _span(args)
     with bar(state_dir / LOG_NAME, "verifying") as on_line:
         result = audit.verify(
-            state_dir, identities=identities, witnessed=witnessed, on_line=on_line
+            state_dir, identities=identities, witnessed=witnessed, on_line=on_line, span=span
         )
     if not result.ok:
         print(f"hindsight: audit failed: {result.problem}", file=sys.stderr)
         return 1
+    committed = "" if span.whole else f" (those committed {span.describe()})"
     print(
-        f"ok: {result.entries} log entries chained, {result.recordings} recordings intact, "
-        f"{result.draws} sampling draws recomputed"
+        f"ok: {result.entries} log entries chained, {result.recordings} recordings "
+        f"intact{committed}, {result.draws} sampling draws recomputed"
     )
     if witnessed is not None:
         last = max(witnessed)
@@ -116,13 +156,14 @@ def _add_report(verbs: Any) -> None:
         metavar="FILE",
         help="write the report as one self-contained HTML page with charts, instead of text",
     )
+    _span_options(report, "count the calls started")
     report.set_defaults(run=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    state_dir = Path(args.state_dir)
+    state_dir, span = Path(args.state_dir), _span(args)
     with bar(state_dir / LOG_NAME, "reading") as on_line:
-        result = audit.report(state_dir, on_line=on_line)
+        result = audit.report(state_dir, on_line=on_line, span=span)
     if args.html is not None:
         # Imported here: matplotlib takes a while to load, and only the page needs it.
         from hindsight.audit import html as audit_html
@@ -153,8 +194,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     # Imported here, not at the top, so that this verb stays one block at the end of the file.
     from hindsight.audit import register
     from hindsight.config import load_config, resolve_config_path
-    from hindsight.errors import ClientError, ConfigError
-    from hindsight.protocol import EXIT_USAGE
+    from hindsight.errors import ConfigError
 
     path = resolve_config_path(args.config)
     try:
@@ -207,7 +247,6 @@ def cmd_show(args: argparse.Namespace) -> int:
     # Imported here, not at the top, so that this verb stays one block at the end of the file.
     from hindsight.audit.common import shown
     from hindsight.audit.show import render, show
-    from hindsight.errors import ClientError
     from hindsight.protocol import EXIT_REFUSED
 
     state_dir = Path(args.state_dir)

@@ -1,0 +1,111 @@
+"""Every call an audit has met, in memory bounded however long the log.
+
+A log never reuses a call id, and an auditor must be able to see that over millions of calls.
+``CallBook`` keeps the calls still waiting for their outcome in memory (a few hundred on a
+floor), and the settled ones (when each started, had its outcome, had its recording deleted)
+in a temporary SQLite file, written in batches: a settled call costs memory only until the
+next batch. The file is the auditor's own, in the system's temp folder, removed on ``close``;
+nothing under the state dir is touched.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BATCH = 20_000  # settled calls held in memory before they go to the file
+
+
+@dataclass
+class OpenCall:
+    """A call without outcome: its ``call_started`` line, its daemon run, its marks."""
+
+    started: int
+    run: int
+    marks: list[object] = field(default_factory=list)  # its call_marked purposes, in order
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A call with its outcome: the lines of its start, outcome and deletion (if any)."""
+
+    started: int
+    outcome: int
+    deleted: int | None = None
+
+
+class CallBook:
+    def __init__(self, batch: int | None = None) -> None:
+        self.open: dict[str, OpenCall] = {}
+        self._batch = BATCH if batch is None else batch
+        self._pending: dict[str, Settled] = {}
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+        self._db: sqlite3.Connection | None = None
+
+    def started_line(self, call_id: str) -> int | None:
+        """The line of ``call_id``'s ``call_started``, if it was ever started."""
+        call = self.open.get(call_id)
+        if call is not None:
+            return call.started
+        settled = self.settled(call_id)
+        return None if settled is None else settled.started
+
+    def start(self, call_id: str, line: int, run: int) -> OpenCall:
+        call = self.open[call_id] = OpenCall(line, run)
+        return call
+
+    def settle(self, call_id: str, line: int) -> None:
+        """``call_id`` (open) had its outcome on ``line``."""
+        call = self.open.pop(call_id)
+        self._put(call_id, Settled(call.started, line))
+
+    def deleted(self, call_id: str, line: int) -> None:
+        """``call_id``'s recording was deleted on ``line`` (a call never settled is ignored)."""
+        settled = self.settled(call_id)
+        if settled is not None:
+            self._put(call_id, Settled(settled.started, settled.outcome, line))
+
+    def settled(self, call_id: str) -> Settled | None:
+        found = self._pending.get(call_id)
+        if found is not None or self._db is None:
+            return found
+        row = self._db.execute(
+            "SELECT started, outcome, deleted FROM settled WHERE call_id = ?", (call_id,)
+        ).fetchone()
+        return None if row is None else Settled(*row)
+
+    def _put(self, call_id: str, settled: Settled) -> None:
+        self._pending[call_id] = settled
+        if len(self._pending) >= self._batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        db = self._db or self._create()
+        with db:
+            db.executemany(
+                "INSERT OR REPLACE INTO settled VALUES (?, ?, ?, ?)",
+                [(k, s.started, s.outcome, s.deleted) for k, s in self._pending.items()],
+            )
+        self._pending.clear()
+
+    def _create(self) -> sqlite3.Connection:
+        self._folder = tempfile.TemporaryDirectory(prefix="hindsight-audit-")
+        db = sqlite3.connect(Path(self._folder.name) / "calls.sqlite")
+        db.execute("PRAGMA journal_mode=OFF")  # scratch: nothing to recover after a crash
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute(
+            "CREATE TABLE settled (call_id TEXT PRIMARY KEY, started INTEGER NOT NULL, "
+            "outcome INTEGER NOT NULL, deleted INTEGER) WITHOUT ROWID"
+        )
+        self._db = db
+        return db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
