@@ -24,6 +24,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -313,14 +314,19 @@ class _Resume:
                     self.index.note(entry, raw.offset, end, self.calls.last_epoch)
                     if self.on_line is not None:
                         self.on_line(raw.number - number, end)  # bytes: where it is now
+            self.index.commit()
         except OSError as exc:
             raise CommitLogError(f"{self.path}: cannot be read ({exc.strerror or exc})") from exc
+        except sqlite3.Error as exc:
+            raise CommitLogError(
+                f"{self.index.path}: the commit log's index cannot be written ({exc})"
+            ) from exc
         except CommitLogError as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self.index.commit()  # what was checked stays checked, even before a torn tail
             raise CommitLogError(
                 f"{exc}; the log will not be extended{_repair_hint(exc, self.path)}"
             ) from exc
-        finally:
-            self.index.commit()  # what was checked stays checked, even before a torn tail
 
     def _start(self, handle: BinaryIO) -> tuple[int, int]:
         head = self.index.head()

@@ -307,3 +307,22 @@ def test_a_long_first_check_pushes_out_systemds_start_timeout_and_says_how_far(
     percents = [int(s.split(": ")[1].split("%")[0]) for s in notify.states("STATUS=")]
     assert percents == sorted(percents) and 0 < percents[0] < 15 and percents[-1] >= 90
     assert "checking the commit log: " in caplog.text and "% (3 lines in 6 s)" in caplog.text
+
+
+def test_an_index_that_cannot_be_written_at_start_stops_the_start_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "commit.log"
+    with CommitLog.open(path) as log:
+        call(log, "c1")
+    index_path(path).unlink()
+
+    def full(*_: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(LogIndex, "note", full)
+    with pytest.raises(CommitLogError, match="commit.index: the commit log's index cannot be "):
+        CommitLog.open(path)
+    monkeypatch.undo()
+    with CommitLog.open(path) as log:  # room again: it starts
+        assert log.knows("c1")
