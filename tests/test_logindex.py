@@ -321,7 +321,7 @@ def test_an_index_that_cannot_be_written_at_start_stops_the_start_with_a_clear_e
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(LogIndex, "note", full)
-    with pytest.raises(CommitLogError, match="commit.index: the commit log's index cannot be "):
+    with pytest.raises(CommitLogError, match=r"commit\.index: the commit log.s index cannot be "):
         CommitLog.open(path)
     monkeypatch.undo()
     with CommitLog.open(path) as log:  # room again: it starts

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import signal
 import subprocess
 import time
@@ -241,6 +242,17 @@ def test_the_draw_is_the_contracts_hmac(one_in: int) -> None:
     ]
     assert commitment(seed) == hashlib.sha256(seed).hexdigest()
     assert not any(picked(seed, i, 0) for i in ids)
+
+
+def test_the_draw_keyed_once_per_seed_is_the_contracts_hmac_for_any_seed_and_id() -> None:
+    rng = random.Random(7)
+    for _ in range(50):
+        seed = rng.randbytes(32)
+        for call_id in ["a", "ü-ß-☎-" * 20, "x" * 300, f"{rng.random()}"]:
+            for one_in in (1, 3, 10):
+                assert picked(seed, call_id, one_in) == draw_by_the_contract(
+                    seed.hex(), call_id, one_in
+                )
 
 
 def test_epochs_must_be_numbered_without_a_gap_and_calls_name_the_open_one(
