@@ -578,22 +578,42 @@ def report(
     path = state_dir / LOG_NAME
     if not path.is_file():
         raise CommitLogError(f"{LOG_NAME} is missing in {state_dir}")
-    census, draws, accesses = _Census(spanned=span.since is not None), _Draws(), []
-    ledger = Ledger(on_deleted=census.deleted_in(span))
+    reading = Reading(span)
     for entry in read_chain(path, on_line):
-        place = span.place(entry)
+        reading.feed(entry)
+    return reading.finish(now)
+
+
+class Reading:
+    """One log's figures as its entries come, in order, from a chain-checking source
+    (``read_chain``, or a bucket's shipped segments): ``feed`` each, then ``finish``."""
+
+    def __init__(self, span: Span = WHOLE) -> None:
+        self.span = span
+        self.census = _Census(spanned=span.since is not None)
+        self.draws = _Draws()
+        self.accesses: list[Access] = []
+        self.ledger = Ledger(on_deleted=self.census.deleted_in(span))
+
+    def feed(self, entry: Mapping[str, Any]) -> None:
+        place = self.span.place(entry)
         if place > 0:
-            continue  # only the chain, which read_chain checks, goes on to the end
-        ledger.apply(entry)
+            return  # only the chain, which the source checks, goes on to the end
+        self.ledger.apply(entry)
         if place < 0:
-            draws.declare(entry)  # an epoch declared before still draws the calls in it
-            continue
-        census.add(entry)
-        draws.add(entry)
+            self.draws.declare(entry)  # an epoch declared before still draws the calls in it
+            return
+        self.census.add(entry)
+        self.draws.add(entry)
         if entry["event"] == "recording_accessed":
-            accesses.append(Access.of(entry))
-    as_of = utcnow() if now is None else now
-    if span.until is not None:
-        as_of = min(as_of, span.until)
-    retention = Retention.of(ledger, as_of, census.deletions)
-    return census.freeze(retention, accesses, draws.freeze(), span)
+            self.accesses.append(Access.of(entry))
+
+    def as_of(self, now: datetime | None = None) -> datetime:
+        """When retention is reckoned: ``now`` (by default the current time), or the span's
+        end when that is sooner."""
+        as_of = utcnow() if now is None else now
+        return as_of if self.span.until is None else min(as_of, self.span.until)
+
+    def finish(self, now: datetime | None = None) -> Report:
+        retention = Retention.of(self.ledger, self.as_of(now), self.census.deletions)
+        return self.census.freeze(retention, self.accesses, self.draws.freeze(), self.span)

@@ -89,6 +89,12 @@ class _CallRules:
     keeps the first problem."""
 
     state_dir: Path | None = None  # where deleted files are looked for (None: nowhere)
+    # Where a logged recording may lie (a relative path inside the state dir; from a bucket,
+    # also its s3:// URL), and how a problem says so.
+    path_ok: Callable[[object], bool] = field(default=_inside)
+    path_rule: str = "a relative path inside the state dir"
+    # Told of every deletion with the commit it took (None: none known), as it comes.
+    on_gone: Callable[[Deletion, _Commit | None], None] | None = None
     entries: int = 0
     problem: str | None = None
     calls: CallBook = field(default_factory=CallBook)
@@ -232,8 +238,8 @@ class _CallRules:
         call_id = entry["call_id"]
         self.calls.settle(call_id, entry["seq"])
         path, digest = entry.get("path"), entry.get("sha256")
-        if not _inside(path):
-            return f"{_at(entry)}: path {path!r} is not a relative path inside the state dir"
+        if not self.path_ok(path):
+            return f"{_at(entry)}: path {path!r} is not {self.path_rule}"
         if not isinstance(digest, str):
             return f"{_at(entry)}: call_committed has no sha256"
         assert isinstance(path, str)
@@ -249,6 +255,10 @@ class _CallRules:
         commit = self.commits.get(deletion.call_id)
         if commit is not None and commit.seq < deletion.seq:
             del self.commits[deletion.call_id]
+        else:
+            commit = None
+        if self.on_gone is not None:
+            self.on_gone(deletion, commit)
         if self.premature is None and deletion.premature and deletion.recording is not None:
             self.premature = (
                 f"{LOG_NAME} line {deletion.seq}: call {deletion.call_id!r} was purged as expired "
@@ -275,8 +285,8 @@ class _CallRules:
 
     def _recording_deleted(self, entry: Mapping[str, Any]) -> str | None:
         path, why = entry.get("path"), entry.get("why")
-        if not _inside(path):
-            return f"{_at(entry)}: path {path!r} is not a relative path inside the state dir"
+        if not self.path_ok(path):
+            return f"{_at(entry)}: path {path!r} is not {self.path_rule}"
         if why not in DELETION_WHYS:
             return f"{_at(entry)}: recording_deleted has why {why!r}, not expired or erased"
         if why == "erased" and not all(_named(entry.get(key)) for key in ("actor", "reason")):
@@ -361,6 +371,12 @@ def _check_sidecar(state_dir: Path, commit: _Commit) -> str | None:
         return f"{where}: sidecar {sidecar} of recording {commit.path} is missing"
     except (OSError, ValueError):
         return f"{where}: sidecar {sidecar} is unreadable or not JSON"
+    return _sidecar_problem(data, commit, sidecar)
+
+
+def _sidecar_problem(data: object, commit: _Commit, sidecar: str) -> str | None:
+    """What a sidecar's parsed JSON (``data``, named ``sidecar``) says against its commit."""
+    where = f"{LOG_NAME} line {commit.seq}"
     if not isinstance(data, dict) or (data.get("call_id"), data.get("sha256")) != (
         commit.call_id,
         commit.sha256,
@@ -612,12 +628,19 @@ def _walk(
     """The whole chain first; a chain problem outranks any call-rule problem. The caller
     closes ``rules.calls``."""
     rules = _CallRules(state_dir, draws=Draws(identities), witnessed=witnessed)
+    return rules, _walk_entries(read_chain(path, on_line), rules)
+
+
+def _walk_entries(entries: Iterable[Mapping[str, Any]], rules: _CallRules) -> str | None:
+    """Feed ``rules`` every entry of a chain-checking source (``read_chain``, or the shipped
+    segments of a bucket), in order; a ``CommitLogError`` it raises (a broken chain) is the
+    problem, and outranks any call-rule problem. Then the checks at the log's end."""
     try:
-        for entry in read_chain(path, on_line):
+        for entry in entries:
             rules.feed(entry)
     except CommitLogError as exc:
-        return rules, str(exc)
-    return rules, (
+        return str(exc)
+    return (
         rules.problem
         or rules.cut_short()
         or rules.foreign_key()

@@ -21,7 +21,7 @@ from hindsight.client.options import connection_options, endpoint_of, timeout_se
 from hindsight.client.transport import send
 from hindsight.clock import iso
 from hindsight.commitlog import LOG_NAME
-from hindsight.errors import ClientError
+from hindsight.errors import ClientError, StoreError
 from hindsight.protocol import EXIT_USAGE, Checkpoint
 
 
@@ -38,6 +38,75 @@ def add_audit(commands: Any) -> None:
 
 def _state_dir(verb: argparse.ArgumentParser) -> None:
     verb.add_argument("--state-dir", required=True, help="the daemon's state_dir")
+
+
+def _source(verb: argparse.ArgumentParser) -> None:
+    """``--state-dir DIR`` or ``--s3 s3://BUCKET/PREFIX`` (with where and as whom)."""
+    where = verb.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state-dir", help="the daemon's state_dir")
+    where.add_argument(
+        "--s3",
+        metavar="URL",
+        help="s3://BUCKET/PREFIX: one host's prefix, or a floor's (every host under it), "
+        "read from the bucket alone (shipped log segments and recordings)",
+    )
+    verb.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="the S3 endpoint, e.g. https://s3.internal:8333 (default: AWS, or $AWS_ENDPOINT_URL)",
+    )
+    verb.add_argument(
+        "--s3-credentials-file",
+        type=Path,
+        metavar="FILE",
+        help="an AWS shared credentials file ([default] profile); else the AWS_* environment "
+        "variables. Read access is all the audit needs",
+    )
+
+
+def _local(args: argparse.Namespace) -> bool:
+    """True for ``--state-dir``; the S3 options go only with ``--s3``."""
+    if args.state_dir is None:
+        return False
+    if args.s3_endpoint is not None or args.s3_credentials_file is not None:
+        raise ClientError("--s3-endpoint and --s3-credentials-file go with --s3", EXIT_USAGE)
+    return True
+
+
+def _bucket(args: argparse.Namespace) -> tuple[Any, str]:
+    """The bucket ``--s3`` names, opened and checked (Object Lock on), and the prefix."""
+    from hindsight.audit import s3
+    from hindsight.objectstore import StoreRefused, StoreUnavailable, read_credentials
+    from hindsight.protocol import EXIT_REFUSED, EXIT_UNREACHABLE
+
+    try:
+        bucket, prefix = s3.parse_url(args.s3)
+    except s3.BadURL as exc:
+        raise ClientError(f"--s3: {exc}", EXIT_USAGE) from exc
+    credentials = None
+    if args.s3_credentials_file is not None:
+        try:
+            credentials = read_credentials(args.s3_credentials_file)
+        except StoreError as exc:
+            raise ClientError(str(exc), EXIT_USAGE) from exc
+    where = f"s3://{bucket}" + (f" at {args.s3_endpoint}" if args.s3_endpoint else "")
+    try:
+        return s3.open_bucket(args.s3_endpoint, bucket, credentials), prefix
+    except StoreUnavailable as exc:
+        raise ClientError(
+            f"the object store {where} cannot be reached: {exc}", EXIT_UNREACHABLE
+        ) from exc
+    except StoreRefused as exc:
+        if exc.code == "NoLock":
+            raise ClientError(
+                f"{where} does not have Object Lock enabled: its objects could be deleted or "
+                "overwritten, so it cannot prove anything (a floor's bucket is created with "
+                "Object Lock)",
+                EXIT_REFUSED,
+            ) from exc
+        raise ClientError(f"{where} refused: {exc}", EXIT_REFUSED) from exc
+    except StoreError as exc:
+        raise ClientError(f"{where}: {exc}", EXIT_USAGE) from exc
 
 
 def _moment(text: str) -> datetime:
@@ -76,7 +145,7 @@ def _span(args: argparse.Namespace) -> Span:
 
 def _add_verify(verbs: Any) -> None:
     verify = verbs.add_parser("verify", help="check the commit log and recordings")
-    _state_dir(verify)
+    _source(verify)
     verify.add_argument(
         "--identity",
         action="append",
@@ -99,6 +168,10 @@ def _add_verify(verbs: Any) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     identities = [key for path in args.identity for key in load_identities(path)]
+    if not _local(args):
+        if args.witness is not None:
+            raise ClientError("--witness goes with --state-dir, not --s3", EXIT_USAGE)
+        return _verify_s3(args, identities)
     witnessed = None if args.witness is None else witness.Store(args.witness).witnessed()
     state_dir, span = Path(args.state_dir), _span(args)
     with bar(state_dir / LOG_NAME, "verifying") as on_line:
@@ -125,6 +198,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_s3(args: argparse.Namespace, identities: list[Any]) -> int:
+    from hindsight.audit import s3
+
+    span = _span(args)
+    store, prefix = _bucket(args)
+    try:
+        with s3.bars("verifying") as progress:
+            result = s3.verify_floor(
+                store, prefix, identities=identities, span=span, progress=progress
+            )
+    except StoreError as exc:
+        raise ClientError(f"the object store failed: {exc}", 1) from exc
+    committed = "" if span.whole else f" (those committed {span.describe()})"
+    for host in result.hosts:
+        if not host.ok:
+            break
+        notes = []
+        if host.tail:
+            notes.append(f"{host.tail} newer object(s) not in the shipped log yet")
+        if host.on_disk:
+            notes.append(f"{host.on_disk} recording(s) on the host's disk, not checked here")
+        if host.unverified_epochs:
+            epochs = ", ".join(map(str, host.unverified_epochs))
+            notes.append(f"the draws of sampling epoch(s) {epochs} not verified (seed unknown)")
+        more = "" if not notes else f"; {'; '.join(notes)}"
+        print(
+            f"ok: {host.host}: {host.entries} log entries chained in {host.segments} "
+            f"segment(s), {host.recordings} recordings intact{committed}, {host.draws} "
+            f"sampling draws recomputed{more}"
+        )
+    if not result.ok:
+        print(f"hindsight: audit failed: {result.problem}", file=sys.stderr)
+        return 1
+    hosts = result.hosts
+    print(
+        f"ok: {result.url}: {len(hosts)} host(s), {sum(h.entries for h in hosts)} log entries, "
+        f"{sum(h.recordings for h in hosts)} recordings intact, "
+        f"{sum(h.draws for h in hosts)} sampling draws recomputed"
+    )
+    return 0
+
+
 def _add_witness(verbs: Any) -> None:
     sub = verbs.add_parser(
         "witness", help="keep signed checkpoints of a recorder's log, on another host"
@@ -147,7 +262,7 @@ def cmd_witness(args: argparse.Namespace) -> int:
 
 def _add_report(verbs: Any) -> None:
     report = verbs.add_parser("report", help="what was committed, wiped, deleted and why")
-    _state_dir(report)
+    _source(report)
     output = report.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true")
     output.add_argument(
@@ -161,9 +276,41 @@ def _add_report(verbs: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if not _local(args):
+        return _report_s3(args)
     state_dir, span = Path(args.state_dir), _span(args)
     with bar(state_dir / LOG_NAME, "reading") as on_line:
         result = audit.report(state_dir, on_line=on_line, span=span)
+    return _print_report(args, result)
+
+
+def _report_s3(args: argparse.Namespace) -> int:
+    from hindsight.audit import s3
+
+    span = _span(args)
+    store, prefix = _bucket(args)
+    try:
+        with s3.bars("reading") as progress:
+            floor = s3.report_floor(store, prefix, span=span, progress=progress)
+    except StoreError as exc:
+        raise ClientError(f"the object store failed: {exc}", 1) from exc
+    if args.json:
+        print(json.dumps(floor.to_json(), indent=2))
+        return 0
+    if args.html is None:
+        print(f"Floor {floor.url}: {len(floor.hosts)} host(s)")
+        for host in floor.hosts:
+            totals = host.report.totals
+            print(
+                f"  {host.host}: {host.report.entries} log entries in {host.segments} "
+                f"segment(s), {totals.started} calls started, {totals.committed} committed, "
+                f"{totals.wiped} wiped"
+            )
+        print()
+    return _print_report(args, floor.report)
+
+
+def _print_report(args: argparse.Namespace, result: Any) -> int:
     if args.html is not None:
         # Imported here: matplotlib takes a while to load, and only the page needs it.
         from hindsight.audit import html as audit_html
