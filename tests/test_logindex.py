@@ -7,16 +7,20 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hindsight import audit
 from hindsight.commitlog import CommitLog, entry_hash, index_path, read_chain
 from hindsight.daemon.systemd import StartProgress
 from hindsight.errors import CommitLogError
 from hindsight.logindex import LogIndex
+from tests.harness import Daemon
 from tests.test_operations import NotifySocket
 from tests.test_worker import wait_until
 
@@ -326,3 +330,27 @@ def test_an_index_that_cannot_be_written_at_start_stops_the_start_with_a_clear_e
     monkeypatch.undo()
     with CommitLog.open(path) as log:  # room again: it starts
         assert log.knows("c1")
+
+
+def test_a_daemon_killed_before_its_index_was_saved_still_refuses_a_used_call_id(
+    tmp_path: Path,
+) -> None:
+    # SIGKILL within the index's save interval: the index is behind its log, and the next
+    # start must learn the ids from the lines after its head.
+    with Daemon(tmp_path) as d:
+        d.ok({"op": "start", "line": "desk-01", "call_id": "early"})
+        d.ok({"op": "end", "line": "desk-01"})
+        d.wait_for_event("call_wiped")
+        time.sleep(1.5)  # saved
+        d.ok({"op": "start", "line": "desk-01", "call_id": "late"})
+        d.ok({"op": "end", "line": "desk-01"})
+        d.wait_for_event("call_wiped", count=2)
+        d.stop(signal.SIGKILL)
+        d.start()
+        for used in ("early", "late"):
+            refused = d.request({"op": "start", "line": "desk-01", "call_id": used})
+            assert refused["error"]["code"] == "bad_request", refused
+            assert f"call id {used} was already used" in refused["error"]["message"]
+        assert d.ok({"op": "start", "line": "desk-01", "call_id": "new"})["call_id"] == "new"
+    result = audit.verify(d.state)
+    assert result.ok, result.problem
