@@ -49,6 +49,17 @@ from hindsight.errors import CommitLogError, ProtocolError
 from hindsight.replies import PurposeRetention, RecordingRow
 
 OVERDUE_SLACK = timedelta(days=1)
+# The events ``Ledger.apply`` takes into account; it ignores every other.
+RETENTION_EVENTS = frozenset(
+    {
+        "call_committed",
+        "recording_resolved",
+        "recording_extended",
+        "recording_held",
+        "recording_released",
+        "recording_deleted",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -327,3 +327,11 @@ def test_a_recording_is_a_snapshot_and_the_next_one_shows_the_change() -> None:
     assert not before.purposes["escalation"].resolved and not before.held
     assert after.purposes["escalation"] == PurposeState(END + 31 * DAY, resolved=True)
     assert after.held
+
+
+def test_the_named_sets_of_retention_events_are_the_ledgers_own() -> None:
+    # verify skips the ledger for other events, and the log's index keeps these lines' places.
+    from hindsight.logindex import DELETED_EVENT, KEPT_EVENTS
+    from hindsight.retention import RETENTION_EVENTS
+
+    assert set(Ledger()._handlers) == RETENTION_EVENTS == KEPT_EVENTS | {DELETED_EVENT}

@@ -62,6 +62,20 @@ class _Epoch:
     run: int = 0  # the daemon run that opened it
 
 
+# The events ``Draws.feed`` looks at; it ignores every other.
+DRAWN_EVENTS = frozenset(
+    {
+        "daemon_started",
+        "daemon_stopped",
+        "sampling_epoch",
+        "sampling_reveal",
+        "call_started",
+        "call_committed",
+        "call_wiped",
+    }
+)
+
+
 @dataclass
 class Draws:
     """Fed every entry in log order; ``problem`` is the first draw that does not match."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from hindsight.audit.common import (
     DELETION_WHYS,
@@ -102,6 +102,32 @@ class _Sum:
         return math.fsum(self.parts)
 
 
+class _Outcome(NamedTuple):
+    """What the report counts of a ``call_committed`` or ``call_wiped`` line."""
+
+    wiped: bool
+    lost: bool  # lost_in_crash
+    seconds: float
+    rolled: float
+    reasons: tuple[str, ...]  # of REASONS only
+    purposes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, entry: Mapping[str, Any]) -> _Outcome:
+        if entry["event"] == "call_wiped":
+            lost = entry.get("why") == "lost_in_crash"
+            return cls(True, lost, _seconds(entry.get("seconds")), 0.0, (), ())
+        reasons = tuple(r for r in _names(entry.get("reasons")) if r in REASONS)
+        return cls(
+            False,
+            False,
+            _seconds(entry.get("seconds")),
+            _seconds(entry.get("rolled_seconds")),
+            reasons,
+            tuple(_names(entry.get("purposes"))),
+        )
+
+
 @dataclass
 class _Tally:
     started: int = 0
@@ -116,28 +142,26 @@ class _Tally:
     gone: _Sum = field(default_factory=_Sum)
     rolled: _Sum = field(default_factory=_Sum)
 
-    def add(self, entry: Mapping[str, Any], was_open: bool) -> None:
-        event = entry["event"]
+    def add(self, event: str, was_open: bool, outcome: _Outcome | None) -> None:
+        """Count one line (``outcome``: what an outcome line says, read once for the three
+        tallies it goes to)."""
         if event == "call_started":
             self.started += 1
             self.open += 1
         elif event == "recording_deleted":
             self.deleted += 1
-        elif event in OUTCOME_EVENTS:
-            self.open -= int(was_open)
-            self._outcome(entry)
-
-    def _outcome(self, entry: Mapping[str, Any]) -> None:
-        if entry["event"] == "call_wiped":
-            self.wiped += 1
-            self.lost_in_crash += int(entry.get("why") == "lost_in_crash")
-            self.gone.add(_seconds(entry.get("seconds")))
-            return
-        self.committed += 1
-        self.by_reason.update(r for r in _names(entry.get("reasons")) if r in REASONS)
-        self.by_purpose.update(_names(entry.get("purposes")))
-        self.kept.add(_seconds(entry.get("seconds")))
-        self.rolled.add(_seconds(entry.get("rolled_seconds")))
+        elif outcome is not None:
+            self.open -= was_open
+            if outcome.wiped:
+                self.wiped += 1
+                self.lost_in_crash += outcome.lost
+                self.gone.add(outcome.seconds)
+                return
+            self.committed += 1
+            self.by_reason.update(outcome.reasons)
+            self.by_purpose.update(outcome.purposes)
+            self.kept.add(outcome.seconds)
+            self.rolled.add(outcome.rolled)
 
     def freeze(self) -> Figures:
         return Figures(
@@ -158,6 +182,8 @@ class _Tally:
 # After these, a call's line and agent are asked for no more: its owner is forgotten, so the
 # census holds the owners of open calls and existing recordings only.
 _LAST_OWNED = frozenset({"call_wiped", "recording_deleted"})
+# The events the figures count; every other line only counts as an entry.
+_COUNTED = OUTCOME_EVENTS | {"call_started", "recording_deleted"}
 
 
 @dataclass
@@ -191,23 +217,24 @@ class _Census:
         self.entries += 1
         self.first_time = self.first_time or entry["time"]
         self.last_time = entry["time"]
+        event = entry["event"]
+        if event not in _COUNTED:
+            return
         call_id = entry.get("call_id")
         was_open = isinstance(call_id, str) and self._track(entry, call_id)
-        if self.spanned and entry["event"] in OUTCOME_EVENTS and not was_open:
+        if self.spanned and event in OUTCOME_EVENTS and not was_open:
             return  # a call started before the span: not this report's to count
-        if entry["event"] in _DAY_EVENTS:
-            self.days[str(entry["time"])[:10], entry["event"]] += 1
+        if event in _DAY_EVENTS:
+            self.days[str(entry["time"])[:10], event] += 1
+        outcome = _Outcome.of(entry) if event in OUTCOME_EVENTS else None
         if not isinstance(call_id, str):
-            self.totals.add(entry, was_open=False)
+            self.totals.add(event, False, outcome)
             return
         line, agent = self.owners.get(call_id) or (str(entry.get("line", UNKNOWN)), UNKNOWN)
-        for tally in (
-            self.totals,
-            self.lines.setdefault(line, _Tally()),
-            self.agents.setdefault(agent, _Tally()),
-        ):
-            tally.add(entry, was_open)
-        if entry["event"] in _LAST_OWNED:  # nothing later is told by line or agent
+        self.totals.add(event, was_open, outcome)
+        _group(self.lines, line, _Tally).add(event, was_open, outcome)
+        _group(self.agents, agent, _Tally).add(event, was_open, outcome)
+        if event in _LAST_OWNED:  # nothing later is told by line or agent
             self.owners.pop(call_id, None)
 
     def _track(self, entry: Mapping[str, Any], call_id: str) -> bool:
@@ -265,6 +292,17 @@ class Day:
 
     def to_json(self) -> dict[str, int]:
         return {"started": self.started, "committed": self.committed, "wiped": self.wiped}
+
+
+_T = TypeVar("_T")
+
+
+def _group(groups: dict[str, _T], name: str, make: Callable[[], _T]) -> _T:
+    """``groups[name]``, made on first use (``setdefault`` would make one for every call)."""
+    found = groups.get(name)
+    if found is None:
+        found = groups[name] = make()
+    return found
 
 
 def _owner(entry: Mapping[str, Any]) -> tuple[str, str]:
@@ -348,8 +386,8 @@ class _Draws:
         sampled = kept_as_sampled(outcome)
         for tally in (
             self.totals,
-            self.lines.setdefault(start.line, BandTally()),
-            self.agents.setdefault(start.agent, BandTally()),
+            _group(self.lines, start.line, BandTally),
+            _group(self.agents, start.agent, BandTally),
         ):
             tally.add(start.one_in, sampled)
 

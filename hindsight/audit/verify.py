@@ -30,7 +30,7 @@ import pyrage
 
 from hindsight.audit.callbook import CallBook, OpenCall
 from hindsight.audit.common import DELETION_WHYS, Span, shown
-from hindsight.audit.draws import Draws
+from hindsight.audit.draws import DRAWN_EVENTS, Draws
 from hindsight.checkpoint import SignedCheckpoint
 from hindsight.clock import iso, utcnow
 from hindsight.commitlog import LOG_NAME, RESERVED_FIELDS, LineHook, read_chain
@@ -40,7 +40,7 @@ from hindsight.durable import file_sha256
 from hindsight.errors import CommitLogError
 from hindsight.layout import RECORDINGS, sidecar_path
 from hindsight.record import COMMITTED_FIELDS, Committed
-from hindsight.retention import Deletion, Ledger, Recording
+from hindsight.retention import RETENTION_EVENTS, Deletion, Ledger, Recording
 
 # ---------------------------------------------------------------------------------------------
 # verify
@@ -128,13 +128,15 @@ class _CallRules:
 
     def feed(self, entry: Mapping[str, Any]) -> None:
         self.entries += 1
-        if self.problem is None:
-            self.problem = (
-                self._as_witnessed(entry)
-                or self.rules.get(entry["event"], _no_rule)(entry)
-                or self._retain(entry)
-                or self.draws.feed(entry)
-            )
+        if self.problem is not None:
+            return
+        event = entry["event"]
+        self.problem = (
+            (self._as_witnessed(entry) if self.witnessed else None)
+            or self.rules.get(event, _no_rule)(entry)
+            or (self._retain(entry) if event in RETENTION_EVENTS else None)
+            or (self.draws.feed(entry) if event in DRAWN_EVENTS else None)
+        )
 
     def _retain(self, entry: Mapping[str, Any]) -> str | None:
         try:
