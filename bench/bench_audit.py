@@ -14,8 +14,9 @@ have on disk, aside), ``audit report``, and the daemon's start-up reads: once wi
 index (the first start after an upgrade: every line checked, as every start did before), and
 once with it (the lines since its head, none here, and the retention lines of the recordings
 that exist). Prints each time, its ratio to the floor, and the peak memory traced.
-``--keep-log FILE`` keeps the log, to time other code on the same bytes.
-Run: ``.venv/bin/python bench/bench_audit.py [--lines N] [--quick] [--keep-log FILE]``.
+``--keep-log FILE`` keeps the log, to time other code on the same bytes; ``--log FILE`` times
+a kept log instead of writing one.
+Run: ``.venv/bin/python bench/bench_audit.py [--lines N | --log FILE] [--quick] [--keep-log FILE]``.
 """
 
 from __future__ import annotations
@@ -125,16 +126,22 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=400_000, help="log lines (default 400,000)")
     parser.add_argument("--quick", action="store_true", help="20,000 lines: for the tests")
     parser.add_argument("--keep-log", type=Path, metavar="FILE", help="copy the log there")
+    parser.add_argument("--log", type=Path, metavar="FILE", help="time this log instead")
     args = parser.parse_args()
     lines = 20_000 if args.quick else args.lines
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         path = state / LOG_NAME
         started = time.perf_counter()
-        written = write_log(path, lines)
+        if args.log is not None:  # the same bytes as an earlier run (or older code's)
+            shutil.copyfile(args.log, path)
+            written = sum(1 for _ in path.open("rb"))
+            print(f"read {written:,} lines from {args.log}")
+        else:
+            written = write_log(path, lines)
+            print(f"wrote {written:,} lines in {time.perf_counter() - started:.1f} s")
         size = path.stat().st_size
-        print(f"wrote {written:,} lines ({size / 2**20:.1f} MiB) in "
-              f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+        print(f"{size / 2**20:.1f} MiB, {size / written:.0f} bytes a line")
         if args.keep_log is not None:
             shutil.copyfile(path, args.keep_log)
 
@@ -152,7 +159,7 @@ def main() -> None:
 
         def first_start_up() -> None:
             """The same without an index (the first start after an upgrade): every line."""
-            index_path(path).unlink()
+            index_path(path).unlink(missing_ok=True)
             start_up()
 
         cases: list[tuple[str, Callable[[], Any]]] = [

@@ -72,7 +72,7 @@ def test_the_audit_benchmark_reads_a_real_log_every_way_against_its_floor() -> N
     for case in ("SHA-256 of the bytes (floor)", "read_chain", "audit verify", "audit report"):
         assert case in out, out
     assert "daemon start-up reads" in out and "daemon start-up, no index yet" in out, out
-    assert "wrote 20,002 lines" in out, out
+    assert "wrote 20,002 lines" in out and "bytes a line" in out, out
 
 
 def test_the_line_benchmark_checks_every_line_against_the_reference_first() -> None:
