@@ -57,6 +57,10 @@ LEGAL_BASES = (
 DEFAULT_CONFIG_PATH = Path("/etc/hindsight/hindsight.toml")
 CONFIG_ENV = "HINDSIGHT_CONFIG"
 SOURCES = ("sounddevice", "file", "synthetic")
+BACKENDS = ("local", "s3")
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+# S3 bucket names: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit.
+BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 DEFAULT_DEVICE_NAME = "default"
 # A hundred years: a bound on every day count, so that a date computed from one stays in range.
 MAX_DAYS = 36500
@@ -120,6 +124,22 @@ class MetricsConfig:
 class StorageConfig:
     recipients: tuple[str, ...] = ()  # age X25519 recipients of every recording
     require_encryption: bool = False  # refuse to start unless every purpose has a recipient
+    backend: str = "local"  # one of BACKENDS: state_dir/recordings, or an S3 bucket
+    # backend = "s3" (docs/configuration.md, "Scale-out storage" in the contract):
+    s3_endpoint: str | None = None  # http(s)://HOST[:PORT]; required with s3
+    s3_bucket: str | None = None  # created with Object Lock; required with s3
+    s3_prefix: str = ""  # this host's key prefix, ending in "/"; required with s3
+    s3_lock_mode: str = "GOVERNANCE"  # or COMPLIANCE
+    s3_credentials_file: Path | None = None  # AWS INI [default]; None: the AWS_* variables
+    s3_spool_limit_mb: int = 4096  # a spool beyond this is a loud warning (never a loss)
+    s3_erase_bypass: bool = False  # erase before the lock ends (GOVERNANCE, with the right)
+    s3_log_retention_days: float = 3650.0  # the lock of each shipped log segment
+    s3_ship_lines: int = 10000  # a log segment is closed and shipped after this many lines
+    s3_ship_seconds: float = 300.0  # ... or this long after its first line
+
+    @property
+    def s3(self) -> bool:
+        return self.backend == "s3"
 
 
 @dataclass(frozen=True)
@@ -456,6 +476,52 @@ class _Z85Key(_Value[str]):
         return text
 
 
+class _S3Endpoint(_Value[str]):
+    """``http://HOST[:PORT]`` or ``https://...`` (a path after it is refused); "" for unset."""
+
+    def parse(self, raw: object) -> str:
+        text = _expect_str(raw)
+        if not text:
+            return text
+        scheme, _, rest = text.partition("://")
+        host = rest.rstrip("/")
+        if scheme not in ("http", "https") or not host or "/" in host or " " in host:
+            raise ValueError(f"must be 'https://HOST[:PORT]' (or http://), got {_clip(repr(text))}")
+        return f"{scheme}://{host}"
+
+
+class _Bucket(_Value[str]):
+    def parse(self, raw: object) -> str:
+        text = _expect_str(raw)
+        if text and (not BUCKET_PATTERN.fullmatch(text) or ".." in text):
+            raise ValueError(
+                "must be an S3 bucket name: 3 to 63 of a-z 0-9 . - , starting and ending with "
+                f"a letter or digit, got {_clip(repr(text))}"
+            )
+        return text
+
+
+class _Prefix(_Value[str]):
+    """A key prefix of one recorder host: ``rec-01/`` or ``site-a/rec-01/``; "" for unset."""
+
+    def parse(self, raw: object) -> str:
+        text = _expect_str(raw)
+        if not text:
+            return text
+        parts = text.split("/")
+        if (
+            not text.endswith("/")
+            or text.startswith("/")
+            or any(part in ("", ".", "..") for part in parts[:-1])
+            or any(not ID_PATTERN.fullmatch(part) for part in parts[:-1])
+        ):
+            raise ValueError(
+                "must be one or more ids, each followed by '/' (one prefix per recorder host, "
+                f"e.g. 'rec-01/'), got {_clip(repr(text))}"
+            )
+        return text
+
+
 def is_loopback(endpoint: str) -> bool:
     """Whether a ``tcp://`` endpoint binds loopback only: 127.0.0.0/8, ::1 or localhost.
 
@@ -560,6 +626,18 @@ _RETENTION: Final[_Schema] = {
 _STORAGE: Final[_Schema] = {
     "recipients": _Key(_Recipients(), []),
     "require_encryption": _Key(_Bool(), False),
+    "backend": _Key(_Str(BACKENDS), "local"),
+    # Required with backend = "s3": a cross-check.
+    "s3_endpoint": _Key(_S3Endpoint(), ""),
+    "s3_bucket": _Key(_Bucket(), ""),
+    "s3_prefix": _Key(_Prefix(), ""),
+    "s3_lock_mode": _Key(_Str(LOCK_MODES), "GOVERNANCE"),
+    "s3_credentials_file": _Key(_Str(), ""),
+    "s3_spool_limit_mb": _Key(_Int(1, 1048576), 4096),
+    "s3_erase_bypass": _Key(_Bool(), False),  # not with COMPLIANCE: a cross-check
+    "s3_log_retention_days": _Key(_Float(0, MAX_DAYS), 3650),
+    "s3_ship_lines": _Key(_Int(1, 10_000_000), 10000),
+    "s3_ship_seconds": _Key(_Float(0, 86400), 300),
 }
 _METRICS: Final[_Schema] = {
     "textfile": _Key(_Str(), ""),
@@ -855,6 +933,25 @@ def _check_encryption(
         )
 
 
+def _check_s3(storage: dict[str, Any], problems: _Problems) -> None:
+    """With ``backend = "s3"``: the endpoint, bucket and prefix are required; an early erasure
+    cannot bypass a COMPLIANCE lock."""
+    if storage.get("backend") == "s3":
+        for key, example in (
+            ("s3_endpoint", "https://s3.internal:8333"),
+            ("s3_bucket", "hindsight"),
+            ("s3_prefix", "rec-01/"),
+        ):
+            if storage.get(key) == "":
+                problems.add(f"storage.{key}", f"required with backend = 's3' (e.g. {example!r})")
+    if storage.get("s3_erase_bypass") and storage.get("s3_lock_mode") == "COMPLIANCE":
+        problems.add(
+            "storage.s3_erase_bypass",
+            "not possible with s3_lock_mode = 'COMPLIANCE': no one can delete a COMPLIANCE "
+            "version before its retention ends; use GOVERNANCE, or leave this false",
+        )
+
+
 def _parse_clients(
     raw: object, lines: list[dict[str, Any]], problems: _Problems
 ) -> list[dict[str, Any]]:
@@ -928,6 +1025,15 @@ def _build_metrics(metrics: dict[str, Any], base: Path) -> MetricsConfig:
     return MetricsConfig(textfile=textfile, interval_seconds=metrics["interval_seconds"])
 
 
+def _build_storage(storage: dict[str, Any], base: Path) -> StorageConfig:
+    values = dict(storage)
+    for key in ("s3_endpoint", "s3_bucket"):
+        values[key] = values[key] or None
+    credentials = values["s3_credentials_file"]
+    values["s3_credentials_file"] = _resolve(base, credentials) if credentials else None
+    return StorageConfig(**values)
+
+
 def _build(
     sections: Mapping[str, dict[str, Any]],
     devices: list[dict[str, Any]],
@@ -954,7 +1060,7 @@ def _build(
         marking=MarkingConfig(**sections["marking"]),
         worker=WorkerConfig(**sections["worker"]),
         retention=RetentionConfig(**sections["retention"]),
-        storage=StorageConfig(**sections["storage"]),
+        storage=_build_storage(sections["storage"], base),
         metrics=_build_metrics(sections["metrics"], base),
         audit=AuditConfig(**sections["audit"]),
         register=RegisterConfig(**sections["register"]),
@@ -986,6 +1092,7 @@ def parse_config(data: dict[str, Any], base_dir: Path, path: Path | None = None)
     _check_purpose_refs(sections, declared, problems)
     _check_announced(lines, declared, problems)
     _check_encryption(sections["storage"], purposes, problems)
+    _check_s3(sections["storage"], problems)
     clients = _parse_clients(data["clients"], lines, problems) if "clients" in data else []
     _check_listen(sections["daemon"], clients, problems)
     problems.raise_if_any()

@@ -59,18 +59,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
-import boto3  # type: ignore[import-untyped]
-from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
-from botocore.exceptions import (  # type: ignore[import-untyped]
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    IncompleteReadError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-
 from hindsight.errors import StoreError
 
 LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
@@ -206,6 +194,11 @@ def make_client(
     botocore computes no checksum of its own (``when_required``): ``ObjectStore`` sends the
     SHA-256 it computes anyway. ``credentials`` None: boto3's usual chain.
     """
+    # Imported here: boto3 takes most of a second to import, and the daemon of the local
+    # backend (and its worker) never needs it.
+    import boto3  # type: ignore[import-untyped]
+    from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
+
     config = BotoConfig(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
@@ -231,6 +224,16 @@ def make_client(
 @contextmanager
 def translated(what: str) -> Iterator[None]:
     """Turn botocore's exceptions raised inside into ``StoreUnavailable``/``StoreRefused``."""
+    from botocore.exceptions import (  # type: ignore[import-untyped]
+        BotoCoreError,
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        IncompleteReadError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
     try:
         yield
     except ClientError as exc:

@@ -33,12 +33,17 @@ class Committed:
     status_flags: int
     ended: str | None = None  # when the call ended (absent from records of before 0.2)
     caller_ref: str | None = None  # the caller's keyed pseudonym, when start named a caller
+    # The recording object's version in the store (backend "s3" only: ``path`` is then
+    # ``s3://BUCKET/KEY``); absent from the log and sidecar of a local recording.
+    version_id: str | None = None
 
     def to_log(self) -> dict[str, Any]:
         """The fields of ``call_committed``, in their order, as JSON values."""
         data = {field: getattr(self, field) for field in COMMITTED_FIELDS}
         data["reasons"], data["purposes"] = list(self.reasons), list(self.purposes)
         data["retention"] = dict(self.retention)
+        if self.version_id is not None:  # a local recording's line is as it always was
+            data["version_id"] = self.version_id
         return data
 
     @classmethod
@@ -56,4 +61,7 @@ class Committed:
         return cls(**values)
 
 
-COMMITTED_FIELDS = tuple(field.name for field in dataclasses.fields(Committed))
+# Every local recording's fields; the S3 backend's ``version_id`` comes after them.
+COMMITTED_FIELDS = tuple(
+    field.name for field in dataclasses.fields(Committed) if field.name != "version_id"
+)

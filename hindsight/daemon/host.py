@@ -28,7 +28,8 @@ from pathlib import Path
 
 from hindsight.config import Config
 from hindsight.daemon.server import load_server_keys
-from hindsight.errors import ConfigError
+from hindsight.errors import ConfigError, StoreError
+from hindsight.objectstore import read_credentials
 
 MEMINFO = Path("/proc/meminfo")
 SELF_STATUS = Path("/proc/self/status")
@@ -45,6 +46,8 @@ def check_host(config: Config) -> None:
     problems = state_dir_problems(config.daemon.state_dir)
     problems += memory_problems(config.buffer.memory_mb)
     problems += curve_key_problems(config.daemon.curve_secret_key_file)
+    if config.storage.s3:
+        problems += s3_credentials_problems(config.storage.s3_credentials_file)
     if problems:
         raise ConfigError(problems)
 
@@ -136,6 +139,25 @@ def curve_key_problems(path: Path | None) -> list[str]:
         load_server_keys(path)
     except ConfigError as error:
         return error.problems
+    return []
+
+
+def s3_credentials_problems(path: Path | None) -> list[str]:
+    """``storage.s3_credentials_file`` must be readable, hold a key pair in ``[default]``, and
+    be closed to other users (it is the host's key to the bucket). Never quotes the secret."""
+    if path is None:
+        return []
+    key = "storage.s3_credentials_file"
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return [f"{key}: {path} cannot be read: {exc.strerror or exc}"]
+    if mode & 0o007:
+        return [f"{key}: {path} is open to other users (mode {mode & 0o777:04o}); chmod 600 it"]
+    try:
+        read_credentials(path)
+    except StoreError as exc:
+        return [f"{key}: {exc}"]
     return []
 
 

@@ -34,6 +34,10 @@ reply to ``end`` (or to a late ``mark``) nor a request right after it.
   not be written).
 - The daemon's own log names no call as kept or wiped (only the commit log
   does): settling is logged at debug level, failures without call ids.
+- S3 backend (``lane``): the worker writes a kept call into the spool
+  (``spooled``) instead of ``recordings/``; the call has no outcome yet. Its
+  upload, and every other call to the store, goes through the ``Lane``, which
+  logs ``call_committed`` once the store has the recording and its sidecar.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from hindsight.daemon import jobs
 from hindsight.daemon.buffer import Extent
 from hindsight.daemon.calls import Call, CallTable
 from hindsight.daemon.kept import Keep, describe, reasons
+from hindsight.daemon.lane import Lane
 from hindsight.daemon.memory import PoolMemory
 from hindsight.errors import HindsightError
 from hindsight.record import Committed
@@ -123,7 +128,11 @@ class WorkerProcess:
         return f"exit code {code}" if code >= 0 else f"signal {-code}"
 
 
-def process_spawner(memory: PoolMemory, chunk_samples: int, state_dir: Path) -> Spawn:
+def process_spawner(
+    memory: PoolMemory, chunk_samples: int, state_dir: Path, storage: str | None = None
+) -> Spawn:
+    """``storage``: the S3 backend's settings as JSON (``s3store.Settings``), or None."""
+
     def spawn() -> WorkerHandle:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [
@@ -137,6 +146,8 @@ def process_spawner(memory: PoolMemory, chunk_samples: int, state_dir: Path) -> 
             f"--state-dir={state_dir}",
             f"--parent={os.getpid()}",
         ]
+        if storage is not None:
+            argv.append(f"--storage={storage}")
         with theirs:
             proc = subprocess.Popen(
                 argv, pass_fds=(theirs.fileno(), memory.fd), stdin=subprocess.DEVNULL
@@ -158,6 +169,7 @@ class Job:
     why: str  # the wipe's reason when not kept: not_kept or no_audio
     delay: float
     committed: Committed | None = None  # once stored
+    spooled: bool = False  # S3 backend: in the spool; its outcome comes with its upload
     zeroed: bool = False
     logged: bool = False
     due: float = 0.0
@@ -165,7 +177,7 @@ class Job:
     @property
     def writes(self) -> bool:
         """Whether the worker has a recording to write for it (not only chunks to zero)."""
-        return self.keep is not None and self.committed is None
+        return self.keep is not None and self.committed is None and not self.spooled
 
     def message(self) -> dict[str, Any]:
         keep = self.keep if self.writes else None
@@ -235,8 +247,10 @@ class Keeper:
         retry_first: float = RETRY_FIRST,
         hang_seconds: float = HANG_SECONDS,
         settle_delay: tuple[float, float] = SETTLE_DELAY,
+        lane: Lane | None = None,
     ) -> None:
         self.table = table
+        self.lane = lane  # the S3 backend's calls to the store; None: the local backend
         self.log = commit_log
         self.config = config
         self.spawn = spawn
@@ -266,6 +280,11 @@ class Keeper:
     def delete(self, call_id: str, path: str) -> None:
         """Have the worker unlink a recording and its sidecar (its deletion is logged)."""
         self._events.put(("delete", 0, (call_id, path)))
+
+    def store(self, kind: str, fields: dict[str, Any], recovered: bool = False) -> None:
+        """S3 backend: have the worker's store thread do ``kind`` (``upload``, ``s3delete``,
+        ``hold``, ``retain``) in its turn; returns at once."""
+        self._events.put(("store", 0, (kind, fields, recovered)))
 
     def finish(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Settle every call handed in so far, retrying for at most ``grace`` seconds, then stop."""
@@ -319,7 +338,14 @@ class Keeper:
     def _done(self) -> bool:
         state = self._state
         busy = self._link is not None and self._link.busy is not None
-        return state.stopping and not (state.waiting or state.ready or state.retries or busy)
+        lane = self.lane is None or self.lane.finished()
+        return (
+            state.stopping and lane and not (state.waiting or state.ready or state.retries or busy)
+        )
+
+    def deletions_pending(self) -> bool:
+        """S3 backend: whether a logged deletion may not be done in the store yet."""
+        return self.lane is not None and self.lane.deletions_pending()
 
     def _next_event(self) -> None:
         try:
@@ -334,8 +360,12 @@ class Keeper:
             self._numbers += 1
             call_id, path = payload
             self._state.ready.append(DeleteJob(self._numbers, call_id, path, self.retry_first))
+        elif kind == "store" and self.lane is not None:
+            self.lane.add(*payload)
         elif kind == "stop":
             self._state.stopping, self._state.deadline = True, payload
+            if self.lane is not None:
+                self.lane.stopping = True
         elif self._link is not None and generation == self._link.generation:
             if kind == "message":
                 self._on_message(self._link, payload)
@@ -361,6 +391,9 @@ class Keeper:
         if self._link is None and now >= self._restart.at:
             self._start_worker(now)
         self._dispatch()
+        if self.lane is not None:
+            self.lane.check(now)
+            self._dispatch_store(self.lane, now)
 
     def _settle_delay(self) -> float:
         low, high = self.settle_delay
@@ -431,6 +464,18 @@ class Keeper:
         except jobs.ChannelClosed as exc:
             self._lost_worker(str(exc))
 
+    def _dispatch_store(self, lane: Lane, now: float) -> None:
+        link = self._link
+        if link is None:
+            return
+        op = lane.next(now)
+        if op is None:
+            return
+        try:
+            jobs.send(link.handle.sock, op.message())
+        except jobs.ChannelClosed as exc:
+            self._lost_worker(str(exc))
+
     def _next_job(self) -> Work:
         """Wipes first: an unkept call's audio should not wait behind a long recording."""
         ready = self._state.ready
@@ -456,6 +501,8 @@ class Keeper:
         link.handle.sock.close()
         now = time.monotonic()
         log.error("%s is gone (%s; %s); starting another", link.handle.name(), why, ended)
+        if self.lane is not None:
+            self.lane.lost()
         if link.busy is not None:
             self._failed(link.busy, "the worker was lost while it held this call")
         self._schedule_restart(now, link.born)
@@ -483,10 +530,17 @@ class Keeper:
         link.heard = time.monotonic()
         self._ready.set()
         step = message.get("step")
+        lane = self.lane
+        if lane is not None and lane.busy is not None and message.get("job") == lane.busy.number:
+            lane.reply(message, time.monotonic())
+            return
         job = link.busy
         if step == "alive" or job is None or message.get("job") != job.number:
             return
-        if step == "stored" and isinstance(job, Job):
+        if step == "spooled" and isinstance(job, Job) and lane is not None:
+            job.spooled = True  # its outcome is logged once it is in the store
+            lane.upload(str(message["entry"]))
+        elif step == "stored" and isinstance(job, Job):
             job.committed = Committed.from_log(message["fields"])
             self._log_outcome(job)
         elif step == "zeroed" and isinstance(job, Job):
@@ -508,9 +562,13 @@ class Keeper:
     def _failed(self, job: Work, error: str) -> None:
         # No call id: the daemon's own log must not tell which calls are kept.
         log.error("the worker's job is not done yet: %s; retry in %.0f s", error, job.delay)
+        self.store_failed(error)
+        self._later(job)
+
+    def store_failed(self, error: str) -> None:
+        """For the metrics: a write, or a call to the object store, failed (retried)."""
         self.failures += 1
         self.last_error = (error, iso(utcnow()))
-        self._later(job)
 
     def _later(self, job: Work) -> None:
         job.due = time.monotonic() + job.delay
@@ -526,6 +584,9 @@ class Keeper:
     def _log_outcome(self, job: Job) -> bool:
         """Append the call's outcome unless done; False when the log refused it for now."""
         if job.logged:
+            return True
+        if job.spooled:
+            job.logged = True  # not yet: the lane logs it once the store has it
             return True
         try:
             if job.committed is not None:
@@ -570,6 +631,17 @@ class Keeper:
         self._state.retries = []
         for job in left:
             self._give_up(job)
+        lane = self.lane
+        if lane is not None and not lane.finished():
+            lane.lost()
+            lane.stalled = True
+            uploads = sum(op.kind == "upload" for op in lane.ops)
+            log.error(
+                "stopping before the object store had everything: %d recording(s) stay in the "
+                "spool (the next start uploads them), %d other store operation(s) not done",
+                uploads,
+                len(lane.ops) - uploads,
+            )
 
     def _give_up(self, job: Work) -> None:
         if isinstance(job, DeleteJob):

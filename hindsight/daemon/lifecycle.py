@@ -18,6 +18,13 @@ Rules:
   ``retention.purge_interval_seconds``.
 - ``recordings {caller}`` finds a caller's recordings through the caller's keyed
   pseudonym (``pseudonym``): a subject access request; the number is never kept.
+- With the S3 backend (``objects`` and ``store_ops`` given), the same log lines drive the
+  store: ``recording_held``/``recording_released`` set and clear the legal hold of both
+  versions (recording and sidecar), an extension or resolve that ends later than the lock
+  extends it, and a deletion deletes both versions (``recording_deleted`` names them).
+  A version the store still locks is not deleted: ``erase`` is refused (``not_allowed``)
+  unless ``storage.s3_erase_bypass`` (GOVERNANCE only), and ``purge`` leaves it until the
+  lock ends (a resolve may end a purpose sooner than the lock set at commit).
 - The daemon's own log (the journal) names no call here: only kept calls have recordings,
   so a line naming the call of a hold, a review or a deletion would tell which calls were
   kept. It says what was done, by whom, and how many; the commit log says to which call.
@@ -34,9 +41,11 @@ from typing import Any, Protocol
 from hindsight.clock import iso, utcnow
 from hindsight.commitlog import CommitLog
 from hindsight.config import Config
+from hindsight.daemon.objects import ObjectIndex
 from hindsight.daemon.pseudonym import Pseudonyms
+from hindsight.daemon.s3store import sidecar_key, split_url
 from hindsight.durable import fsync_dir
-from hindsight.errors import ProtocolError
+from hindsight.errors import ProtocolError, StoreError
 from hindsight.layout import inside, sidecar_path
 from hindsight.replies import RecordingRow
 from hindsight.retention import Ledger, Recording, Terms
@@ -48,6 +57,12 @@ class Deleter(Protocol):
     """Where deletions go to be done: the keeper, which hands them to the worker."""
 
     def delete(self, call_id: str, path: str) -> None: ...
+
+
+class StoreOps(Protocol):
+    """S3 backend: where calls to the object store go (the keeper, to the worker's lane)."""
+
+    def store(self, kind: str, fields: dict[str, Any], recovered: bool = False) -> None: ...
 
 
 def terms(config: Config) -> dict[str, Terms]:
@@ -64,7 +79,12 @@ class Lifecycle:
         deleter: Deleter,
         pseudonyms: Pseudonyms,
         clock: Callable[[], datetime] = utcnow,
+        objects: ObjectIndex | None = None,
+        store_ops: StoreOps | None = None,
     ) -> None:
+        self.objects = objects
+        self.store_ops = store_ops
+        self.storage = config.storage
         self.pseudonyms = pseudonyms
         self.terms = terms(config)
         self.ledger = ledger
@@ -76,6 +96,7 @@ class Lifecycle:
     def reconfigure(self, config: Config) -> None:
         """A reloaded config's retention terms, for resolve and extend from now on."""
         self.terms = terms(config)
+        self.storage = config.storage
 
     def kept_for(self, purpose: str) -> int:
         """How many recordings are kept for ``purpose`` now."""
@@ -84,6 +105,17 @@ class Lifecycle:
 
     def _applied(self, entry: Mapping[str, Any]) -> None:
         self.ledger.apply(entry)  # under the log's lock, before anyone else may read the ledger
+        if self.objects is None or self.store_ops is None:
+            return
+        # S3: the store follows the log (logged first, then done by the worker, in order).
+        stored = self.objects.get(str(entry.get("call_id")))
+        later = self.objects.apply(entry)
+        event = entry.get("event")
+        if stored is not None and event in ("recording_held", "recording_released"):
+            fields = {"objects": stored.objects(), "on": event == "recording_held"}
+            self.store_ops.store("hold", fields)
+        if stored is not None and later is not None:
+            self.store_ops.store("retain", {"objects": stored.objects(), "until": iso(later)})
 
     def recordings(self, purpose: str | None, caller: str | None) -> list[RecordingRow]:
         caller_ref = None if caller is None else self.pseudonyms.ref(caller)
@@ -131,7 +163,30 @@ class Lifecycle:
     def erase(self, call_id: str, actor: str, reason: str) -> None:
         with self.log.still():
             recording = self.ledger.check_erasable(call_id)
-        self._delete(recording, "erased", actor=actor, reason=reason)
+        bypass = self._check_lock(call_id)
+        self._delete(recording, "erased", bypass, actor=actor, reason=reason)
+
+    def _check_lock(self, call_id: str) -> bool:
+        """S3: whether an erasure needs to bypass the store's lock; ``not_allowed`` when it
+        needs to and may not (COMPLIANCE, or ``storage.s3_erase_bypass`` off)."""
+        stored = None if self.objects is None else self.objects.get(call_id)
+        if stored is None or not stored.locked(self.clock()):
+            return False
+        mode = self.storage.s3_lock_mode
+        if mode == "GOVERNANCE" and self.storage.s3_erase_bypass:
+            return True
+        assert stored.lock_until is not None
+        why = (
+            "no one can delete a COMPLIANCE version before then"
+            if mode == "COMPLIANCE"
+            else "an early erasure needs storage.s3_erase_bypass and credentials allowed to "
+            "bypass GOVERNANCE retention"
+        )
+        raise ProtocolError(
+            "not_allowed",
+            f"call {call_id!r}: the object store's lock ({mode}) holds its recording until "
+            f"{iso(stored.lock_until)}: {why}",
+        )
 
     def access(self, call_id: str, actor: str, reason: str) -> Recording:
         """Log that ``actor`` opens the recording of ``call_id`` and why; return it. Refused
@@ -148,19 +203,39 @@ class Lifecycle:
 
     def purge(self, dry_run: bool = False) -> list[str]:
         """Delete every recording due now (with ``dry_run``, only say which)."""
+        now = self.clock()
         with self.log.still():
-            due = self.ledger.due(self.clock())
+            due = self.ledger.due(now)
+        if self.objects is not None:
+            # Until its lock ends the store refuses the delete: the purge after that takes it.
+            objects = self.objects
+            due = [r for r in due if not ((s := objects.get(r.call_id)) and s.locked(now))]
         if not dry_run:
             for recording in due:
                 self._delete(recording, "expired")
         return [recording.call_id for recording in due]
 
-    def _delete(self, recording: Recording, why: str, **by: str) -> None:
+    def _delete(self, recording: Recording, why: str, bypass: bool = False, **by: str) -> None:
         # Logged first: a deletion the log holds is finished at the next start if need be.
+        stored = None if self.objects is None else self.objects.get(recording.call_id)
+        versions: dict[str, Any] = {}
+        if stored is not None:
+            versions = {
+                "version_id": stored.version_id,
+                "sidecar_version_id": stored.sidecar_version_id,
+            }
         self.log.append(
-            "recording_deleted", call_id=recording.call_id, path=recording.path, why=why, **by
+            "recording_deleted",
+            call_id=recording.call_id,
+            path=recording.path,
+            why=why,
+            **versions,
+            **by,
         )
-        self.deleter.delete(recording.call_id, recording.path)
+        if stored is not None and self.store_ops is not None:
+            self.store_ops.store("s3delete", {"objects": stored.objects(), "bypass": bypass})
+        else:
+            self.deleter.delete(recording.call_id, recording.path)
         log.info("a recording deleted (%s)", why)
 
 
@@ -185,3 +260,39 @@ def finish_deletions(ledger: Ledger, commit_log: CommitLog, state_dir: Path) -> 
                 "finished the deletion of a recording, cut short by a crash (%d files)", len(left)
             )
     commit_log.deletions_done()
+
+
+def finish_store_deletions(
+    commit_log: CommitLog, objects: ObjectIndex, ops: StoreOps, may_bypass: bool
+) -> None:
+    """S3, at start-up: do again every deletion logged since the last clean stop (deleting a
+    version that is gone already is fine); ``deletions_done`` is called at a clean stop,
+    once the store has done them all."""
+    again = 0
+    for deletion in commit_log.pending_deletions():
+        path, version = deletion.get("path"), deletion.get("version_id")
+        sidecar_version = deletion.get("sidecar_version_id")
+        if not (isinstance(path, str) and isinstance(version, str)):
+            continue
+        if not isinstance(sidecar_version, str):
+            continue
+        try:
+            key = split_url(path, objects.bucket)
+        except StoreError:
+            log.error("a logged deletion names another bucket; not done here")
+            continue
+        call_id = str(deletion["call_id"])
+        pairs = [[key, version], [sidecar_key(key, call_id), sidecar_version]]
+        bypass = may_bypass and deletion.get("why") == "erased"
+        ops.store("s3delete", {"objects": pairs, "bypass": bypass})
+        again += 1
+    if again:
+        log.warning("%d deletion(s) logged before the last stop are done again in the store", again)
+    # A hold, release or extension logged just before a crash may not have reached the store:
+    # set each changed hold and raised lock again as the log has it (idempotent, and few).
+    for _, stored in objects.all():
+        if stored.hold_changed:
+            ops.store("hold", {"objects": stored.objects(), "on": stored.held})
+        if stored.lock_raised and stored.lock_until is not None:
+            until = iso(stored.lock_until)
+            ops.store("retain", {"objects": stored.objects(), "until": until})

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import signal
@@ -50,17 +51,22 @@ from hindsight.daemon.epochs import Sampler
 from hindsight.daemon.harden import harden_process
 from hindsight.daemon.host import UMASK, check_host, make_state_dir
 from hindsight.daemon.keeper import Keeper, process_spawner
-from hindsight.daemon.lifecycle import Lifecycle, finish_deletions
+from hindsight.daemon.lane import Lane
+from hindsight.daemon.lifecycle import Lifecycle, finish_deletions, finish_store_deletions
 from hindsight.daemon.memory import PoolMemory
 from hindsight.daemon.metrics import Metrics
+from hindsight.daemon.objects import ObjectIndex
 from hindsight.daemon.pseudonym import Pseudonyms
-from hindsight.daemon.recovery import settle_open_calls
+from hindsight.daemon.recovery import settle_open_calls, settle_spooled_calls
 from hindsight.daemon.reload import refusals
 from hindsight.daemon.repaired import log_repairs
+from hindsight.daemon.s3store import Settings
 from hindsight.daemon.server import ClientKeys, ControlServer, Curve, load_server_keys
 from hindsight.daemon.service import Service
 from hindsight.daemon.sources import Source, loop_source
+from hindsight.daemon.spool import Spool
 from hindsight.errors import ConfigError, HindsightError
+from hindsight.objectstore import LockMode
 from hindsight.replies import MetricsSnapshot
 from hindsight.retention import ledger_of
 
@@ -145,14 +151,26 @@ class Daemon:
         pool = Pool(self.config.buffer.memory_mb, data=memory.array(CHUNK_SAMPLES))
         sampler = Sampler(commit_log)
         table = CallTable(self.config, pool, known=commit_log.knows, draw=sampler.draw)
-        spawn = process_spawner(memory, CHUNK_SAMPLES, self.config.daemon.state_dir)
+        state_dir, storage = self.config.daemon.state_dir, self.config.storage
+        settings = _s3_settings(self.config) if storage.s3 else None
+        spawn = process_spawner(memory, CHUNK_SAMPLES, state_dir, settings)
         keeper = Keeper(
             table, commit_log, self.config, spawn, hang_seconds=self.config.worker.hang_seconds
         )
+        if storage.s3:
+            limit = storage.s3_spool_limit_mb << 20
+            keeper.lane = Lane(commit_log, Spool(state_dir), limit, keeper.store_failed)
         # Deletions are not kept: the log's index finds one when it is asked about.
         deleted = functools.partial(_deleted, commit_log)
-        ledger = ledger_of(commit_log.kept_entries(), _forget, deleted)
-        finish_deletions(ledger, commit_log, self.config.daemon.state_dir)
+        kept = commit_log.kept_entries()
+        ledger = ledger_of(kept, _forget, deleted)
+        objects = None
+        if storage.s3 and storage.s3_bucket is not None:
+            objects = ObjectIndex.of(storage.s3_bucket, kept)
+            finish_store_deletions(commit_log, objects, keeper, storage.s3_erase_bypass)
+        else:
+            finish_deletions(ledger, commit_log, state_dir)
+        del kept
         pseudonyms = Pseudonyms.open(self.config.daemon.state_dir)
         signing = keyfile.secret(
             self.config.daemon.state_dir,
@@ -160,7 +178,15 @@ class Daemon:
             checkpoint.KEY_BYTES,
             "checkpoint key",
         )
-        lifecycle = Lifecycle(self.config, ledger, commit_log, keeper, pseudonyms)
+        lifecycle = Lifecycle(
+            self.config,
+            ledger,
+            commit_log,
+            keeper,
+            pseudonyms,
+            objects=objects,
+            store_ops=keeper if objects is not None else None,
+        )
         sources = build_sources(self.config)
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         server = ControlServer(context, self.config.daemon.control)
@@ -218,7 +244,16 @@ class Daemon:
             checkpoint_key=checkpoint.public_key(signing),
         )
         log_repairs(commit_log, self.config.daemon.state_dir)  # what `audit repair` did
-        settle_open_calls(commit_log, self.config.daemon.state_dir)
+        if keeper.lane is not None:
+            # Uploaded again in spool order, ahead of every call kept from now on.
+            lane_upload = functools.partial(keeper.store, "upload", recovered=True)
+            settle_spooled_calls(
+                commit_log,
+                self.config.daemon.state_dir,
+                lambda name: lane_upload({"entry": name}),
+            )
+        else:
+            settle_open_calls(commit_log, self.config.daemon.state_dir)
         # Before any call can start: its seed is committed in the log first.
         self._parts.sampler.open(self.config)
         log.info(
@@ -231,6 +266,7 @@ class Daemon:
         )
         _warn_if_pool_is_small(self.config, pool)
         _warn_if_unencrypted(self.config)
+        _warn_if_no_s3_credentials(self.config)
         systemd.notify("READY=1")
 
     def _loop(self, server: ControlServer, service: Service, table: CallTable) -> None:
@@ -383,6 +419,8 @@ class Daemon:
             if self._parts.listener is not None:
                 self._parts.listener.serve_pending(service.handle)
         self._parts.sampler.end()  # every call is settled: the last epochs are revealed
+        if keeper.lane is not None and not keeper.deletions_pending():
+            commit_log.deletions_done()  # the store did every deletion logged so far
         commit_log.append("daemon_stopped", version=__version__)
         log.info("hindsightd stopped")
 
@@ -483,6 +521,36 @@ def _warn_if_pool_is_small(config: Config, pool: Pool) -> None:
             "buffer.max_call_seconds (%.0f s): long calls will roll early under load",
             seconds,
             config.buffer.max_call_seconds,
+        )
+
+
+def _s3_settings(config: Config) -> str:
+    """The S3 backend's settings for the worker's command line (no secret: a file's path)."""
+    storage = config.storage
+    assert storage.s3_endpoint is not None and storage.s3_bucket is not None
+    mode: LockMode = "COMPLIANCE" if storage.s3_lock_mode == "COMPLIANCE" else "GOVERNANCE"
+    credentials = storage.s3_credentials_file
+    settings = Settings(
+        storage.s3_endpoint,
+        storage.s3_bucket,
+        storage.s3_prefix,
+        mode,
+        None if credentials is None else str(credentials),
+    )
+    return json.dumps(settings.to_wire())
+
+
+def _warn_if_no_s3_credentials(config: Config) -> None:
+    storage = config.storage
+    if (
+        storage.s3
+        and storage.s3_credentials_file is None
+        and not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    ):
+        log.warning(
+            "storage.backend is s3 without s3_credentials_file, and AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY are not set: uploads will fail unless boto3 finds "
+            "credentials elsewhere; kept calls wait in the spool"
         )
 
 

@@ -9,8 +9,10 @@ Rules:
 - A restart is needed for ``[daemon]`` (the socket, the state folder),
   ``[audio]`` (the devices, already open) and ``[buffer]`` (the pool, already
   allocated and locked).
-- Lines, purposes, sampling, marking, retention, storage and the worker's hang
-  limit change at once. A live call is never dropped: its line may not be
+- So does where recordings go: ``storage.backend`` and the ``storage.s3_*``
+  keys (the worker, the spool and the store's versions depend on them).
+- Lines, purposes, sampling, marking, retention, storage's recipients and the
+  worker's hang limit change at once. A live call is never dropped: its line may not be
   removed or changed while the call lasts (change it when the line is idle),
   and a purpose that a live call announced, or that a kept recording still
   serves, may not be removed.
@@ -21,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from hindsight.config import Config
 from hindsight.daemon.calls import Call
@@ -39,6 +42,12 @@ def refusals(
         for section in RESTART_SECTIONS
         if getattr(old, section) != getattr(new, section)
     ]
+    if replace(old.storage, recipients=(), require_encryption=False) != replace(
+        new.storage, recipients=(), require_encryption=False
+    ):
+        found.append(
+            "[storage] backend or s3_* changed: it takes a restart (systemctl restart hindsightd)"
+        )
     calls = list(unsettled)
     for call in calls:
         if call.ended is not None:

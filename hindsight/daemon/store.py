@@ -168,7 +168,7 @@ class Store:
         path, digest = write_durably(final, fill, self.tick)
         fields = dict(keep.fields, path=path.relative_to(self.root).as_posix(), sha256=digest)
         committed = Committed.from_log(fields)
-        sidecar = dict(committed.to_log(), **_sealed_notes(keep.extra, keep.recipients))
+        sidecar = dict(committed.to_log(), **sealed_notes(keep.extra, keep.recipients))
         text = json.dumps(sidecar, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
         try:
             write_durably(sidecar_path(path, keep.call_id), lambda sink: sink.write(text.encode()))
@@ -188,7 +188,7 @@ class Store:
             raise StoreError(f"cannot delete a recording: {exc}") from exc
 
 
-def _sealed_notes(extra: dict[str, Any], recipients: tuple[str, ...]) -> dict[str, Any]:
+def sealed_notes(extra: dict[str, Any], recipients: tuple[str, ...]) -> dict[str, Any]:
     """The sidecar's fields with every mark's note sealed to ``recipients`` (``note_age``)."""
     if not recipients:
         return extra
