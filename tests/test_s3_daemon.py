@@ -21,7 +21,6 @@ import pytest
 
 from hindsight.audit.s3 import verify_host
 from hindsight.clock import parse_iso
-from hindsight.daemon.shipper import Shipper
 from hindsight.objectstore import (
     Credentials,
     ObjectMissing,
@@ -449,8 +448,43 @@ def test_the_auditor_verifies_what_the_daemon_put_in_the_bucket(
             what="the hold",
         )
     last = d.entries()[-1]["seq"]
-    shipping = ObjectStore(store.endpoint, bucket, PREFIX, credentials=creds(store.host))
-    Shipper(shipping, d.state / "commit.log", max_lines=20).ship(last)
+    # The daemon shipped its log itself, the last line (daemon_stopped) included, at its stop.
+    assert host.keys(f"{PREFIX}log/") == [f"{PREFIX}log/{1:012d}-{last:012d}.jsonl"]
     result = verify_host(host, PREFIX)
     assert result.problem is None
     assert (result.entries, result.recordings) == (last, 2)
+
+
+def test_the_daemon_ships_its_log_as_it_goes_and_what_a_dead_store_kept_at_the_next_start(
+    tmp_path: Path, store: SeaweedServer
+) -> None:
+    bucket = store.new_bucket()
+    host = host_store(store, bucket)
+
+    def segments() -> list[str]:
+        return host.keys(f"{PREFIX}log/")
+
+    ship_often = "s3_ship_lines = 4\ns3_ship_seconds = 1"
+    with s3_daemon(tmp_path, store, bucket, storage=ship_often) as d:
+        for _ in range(3):
+            d.ok({"op": "start", "line": "desk-03"})
+            d.ok({"op": "end", "line": "desk-03"})
+        d.wait_for_event("call_wiped", count=3)
+        # While it runs: closed segments of at most 4 lines, contiguous from line 1.
+        wait_until(lambda: len(segments()) >= 2, timeout=15, what="segments while running")
+        ranges = [
+            tuple(int(n) for n in key.rsplit("/", 1)[1][:-6].split("-")) for key in segments()
+        ]
+        assert ranges[0][0] == 1 and all(b - a < 4 for a, b in ranges)
+        assert all(ranges[i + 1][0] == ranges[i][1] + 1 for i in range(len(ranges) - 1))
+        store.kill()  # the store goes away before the stop: the tail waits
+    stopped = d.entries()[-1]["seq"]
+    store.start()
+    with s3_daemon(tmp_path, store, bucket, storage=ship_often) as d:
+        wait_until(
+            lambda: int(segments()[-1].rsplit("-", 1)[1][:-6]) >= stopped,
+            timeout=30,
+            what="the tail the dead store kept, shipped at the next start",
+        )
+    result = verify_host(host, PREFIX)
+    assert result.problem is None, result.problem

@@ -63,10 +63,11 @@ from hindsight.daemon.repaired import log_repairs
 from hindsight.daemon.s3store import Settings
 from hindsight.daemon.server import ClientKeys, ControlServer, Curve, load_server_keys
 from hindsight.daemon.service import Service
+from hindsight.daemon.shipper import Shipper, ShipperThread, ShipPolicy
 from hindsight.daemon.sources import Source, loop_source
 from hindsight.daemon.spool import Spool
-from hindsight.errors import ConfigError, HindsightError
-from hindsight.objectstore import LockMode
+from hindsight.errors import ConfigError, HindsightError, StoreError
+from hindsight.objectstore import LockMode, ObjectStore, read_credentials
 from hindsight.replies import MetricsSnapshot
 from hindsight.retention import ledger_of
 
@@ -199,12 +200,21 @@ class Daemon:
         self._parts = _Parts(
             table, keeper, lifecycle, service, commit_log, sources, flow, keys, sampler
         )
+        shipping = _log_shipper(self.config, commit_log)
         try:
             self._parts.listener = _listener(context, self.config, keys)
+            if shipping is not None:
+                commit_log.listen(shipping.noted)
+                shipping.start(commit_log.last_seq)  # what an earlier run left goes at once
             self._start(commit_log, keeper, table, sources, pool)
             self._loop(server, service, table)
             self._shutdown(server, service, keeper, sources, commit_log)
+            if shipping is not None:
+                shipping.stop(commit_log.last_seq)  # the rest, daemon_stopped included
+                shipping = None
         finally:
+            if shipping is not None:
+                shipping.stop()  # a failed start: the next start ships what is left
             for source in sources:
                 source.stop()
             if self._parts.listener is not None:
@@ -522,6 +532,32 @@ def _warn_if_pool_is_small(config: Config, pool: Pool) -> None:
             seconds,
             config.buffer.max_call_seconds,
         )
+
+
+def _log_shipper(config: Config, commit_log: CommitLog) -> ShipperThread | None:
+    """With the S3 backend, a thread that ships the log's closed segments to the host's
+    prefix (``storage.s3_ship_lines`` lines or ``s3_ship_seconds`` after the first line that
+    waits, and the rest at a clean stop); it only does I/O, never holding the log's lock."""
+    storage = config.storage
+    if not storage.s3:
+        return None
+    assert storage.s3_bucket is not None
+    path = storage.s3_credentials_file
+    try:
+        credentials = None if path is None else read_credentials(path)
+    except StoreError as exc:
+        raise HindsightError(f"storage.s3_credentials_file: {exc}") from exc
+    mode: LockMode = "COMPLIANCE" if storage.s3_lock_mode == "COMPLIANCE" else "GOVERNANCE"
+    store = ObjectStore(
+        storage.s3_endpoint, storage.s3_bucket, storage.s3_prefix, mode, credentials
+    )
+    shipper = Shipper(
+        store,
+        commit_log.path,
+        retention_days=storage.s3_log_retention_days,
+        max_lines=storage.s3_ship_lines,
+    )
+    return ShipperThread(shipper, ShipPolicy(storage.s3_ship_lines, storage.s3_ship_seconds))
 
 
 def _s3_settings(config: Config) -> str:
