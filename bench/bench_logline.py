@@ -22,79 +22,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import secrets
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench_audit import sha256_pass, write_log  # the same log, made the same way
+
 from hindsight import logline
-from hindsight.commitlog import LOG_NAME, CommitLog, read_chain
+from hindsight.commitlog import LOG_NAME, read_chain
 from hindsight.logline import parse_line, reference_line
-from hindsight.sampling import commitment, picked
-
-DESKS = [f"desk-{i:02d}" for i in range(64)]
-CALLS_PER_RUN = 20_000
-ONE_IN = 10
-
-
-def write_log(path: Path, lines: int) -> int:
-    """A daemon's log of about ``lines`` lines; returns how many it wrote."""
-    real_fsync = os.fsync
-    os.fsync = lambda fd: None  # only while writing: the lines are the same
-    try:
-        with CommitLog.open(path) as log:
-            return _fill(log, lines)
-    finally:
-        os.fsync = real_fsync
-
-
-def _fill(log: CommitLog, lines: int) -> int:
-    epoch = 0
-    while log.last_seq < lines:
-        epoch += 1
-        seed = secrets.token_bytes(32)
-        log.append("daemon_started", version="bench", config_sha256=None)
-        log.append(
-            "sampling_epoch", epoch=epoch, one_in=ONE_IN, purpose="training",
-            commitment=commitment(seed),
-        )  # fmt: skip
-        for n in range(CALLS_PER_RUN):
-            if log.last_seq >= lines - 4:
-                break
-            call_id = f"e{epoch}-{n:06d}"
-            desk = DESKS[n % len(DESKS)]
-            log.append(
-                "call_started", call_id=call_id, line=desk, agent=f"agent-{n % 80}",
-                announced=["training", "escalation"], epoch=epoch,
-            )  # fmt: skip
-            if picked(seed, call_id, ONE_IN):
-                _commit(log, call_id, desk)
-            else:
-                log.append("call_wiped", call_id=call_id, line=desk, seconds=52.0, why="not_kept")
-        log.append("sampling_reveal", epoch=epoch, seed=seed.hex())
-        log.append("daemon_stopped", version="bench")
-    return log.last_seq
-
-
-def _commit(log: CommitLog, call_id: str, desk: str) -> None:
-    until = "2026-12-31T00:00:00.000Z"
-    log.append(
-        "call_committed", call_id=call_id, line=desk, agent="agent", reasons=["sampled"],
-        purposes=["training"], retention={"training": until}, retain_until=until,
-        path=f"recordings/2026/11/29/{call_id}.flac", sha256="0" * 64, seconds=52.0,
-        rolled_seconds=0.0, lost_seconds=0.0, status_flags=0,
-        ended="2026-11-29T10:00:00.000Z", caller_ref=None,
-    )  # fmt: skip
-
-
-def sha256_pass(path: Path) -> None:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
 
 
 def each(parse: Callable[[bytes], Any], lines: list[bytes]) -> Callable[[], None]:
