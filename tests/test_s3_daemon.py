@@ -7,9 +7,12 @@ again on the same folder and ports, and the ``store`` fixture makes sure it runs
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -84,6 +87,7 @@ def s3_daemon(
     bucket: str,
     identity: pyrage.x25519.Identity | None = None,
     storage: str = "",
+    prefix: str = PREFIX,
     **over: Any,
 ) -> Daemon:
     credentials = tmp / "s3.credentials"
@@ -95,7 +99,7 @@ def s3_daemon(
 backend = "s3"
 s3_endpoint = "{server.endpoint}"
 s3_bucket = "{bucket}"
-s3_prefix = "{PREFIX}"
+s3_prefix = "{prefix}"
 s3_credentials_file = "{credentials}"
 recipients = {recipients!r}
 {storage}
@@ -488,3 +492,54 @@ def test_the_daemon_ships_its_log_as_it_goes_and_what_a_dead_store_kept_at_the_n
         )
     result = verify_host(host, PREFIX)
     assert result.problem is None, result.problem
+
+
+def audit_cli(server: SeaweedServer, url: str, tmp: Path, *verb: str) -> Any:
+    """``hindsight audit VERB --s3 URL`` as the auditor runs it, with their own credentials."""
+    credentials = tmp / "auditor.credentials"
+    credentials.write_text(server.host.ini())
+    credentials.chmod(0o600)
+    return subprocess.run(
+        [
+            sys.executable, "-m", "hindsight.client.cli", "audit", *verb, "--s3", url,
+            "--s3-endpoint", server.endpoint, "--s3-credentials-file", str(credentials),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_two_daemons_in_one_bucket_verify_as_a_floor_until_an_object_goes_behind_the_log(
+    tmp_path: Path, store: SeaweedServer, identity: pyrage.x25519.Identity
+) -> None:
+    bucket = store.new_bucket()
+    kept: dict[str, dict[str, Any]] = {}
+    for prefix in ("rec-01/", "rec-02/"):
+        home = tmp_path / prefix.rstrip("/")
+        home.mkdir()
+        with s3_daemon(home, store, bucket, identity, prefix=prefix) as d:
+            kept_call(d, "desk-01", "escalation", seconds=0.3)
+            d.ok({"op": "start", "line": "desk-02"})
+            d.ok({"op": "end", "line": "desk-02"})
+            d.wait_for_event("call_wiped", timeout=30)
+            d.wait_for_event("call_committed", timeout=60)
+            (kept[prefix],) = d.events("call_committed")
+            assert kept[prefix]["path"].startswith(f"s3://{bucket}/{prefix}recordings/")
+    floor = f"s3://{bucket}/"
+    done = audit_cli(store, floor, tmp_path, "verify")
+    assert done.returncode == 0, done.stderr
+    assert "rec-01/" in done.stdout and "rec-02/" in done.stdout
+    report = audit_cli(store, floor, tmp_path, "report", "--json")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["totals"]["committed"] == 2
+    # Behind the log's back: an administrator who may bypass GOVERNANCE deletes the logged
+    # version of rec-02's recording and puts other bytes under its key.
+    admin = ObjectStore(store.endpoint, bucket, "", credentials=creds(store.admin), attempts=1)
+    entry = kept["rec-02/"]
+    key = str(entry["path"]).removeprefix(f"s3://{bucket}/")
+    admin.delete_version(key, entry["version_id"], bypass_governance=True)
+    admin.put_stream(key, io.BytesIO(b"other bytes"), None)
+    failed = audit_cli(store, floor, tmp_path, "verify")
+    assert failed.returncode == 1, failed.stdout
+    assert "rec-02/" in failed.stderr and entry["call_id"] in failed.stderr
+    one = audit_cli(store, f"s3://{bucket}/rec-01/", tmp_path, "verify")
+    assert one.returncode == 0, one.stderr  # the other host is still intact
