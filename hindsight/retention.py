@@ -159,7 +159,8 @@ class Recording:
 @dataclass(frozen=True, slots=True)
 class Deletion:
     """A logged ``recording_deleted``; ``recording`` is its state just before (None when the
-    log never committed that call, or had deleted it already)."""
+    log never committed that call, or had deleted it already, or a reader dropped it to
+    keep less: ``premature`` is decided when the deletion is made, and stays)."""
 
     call_id: str
     path: str
@@ -169,15 +170,12 @@ class Deletion:
     reason: str | None
     seq: int
     recording: Recording | None
+    premature: bool  # deleted as ``expired`` while it was held or not yet due
 
-    @property
-    def premature(self) -> bool:
-        """Deleted as ``expired`` while it was held or not yet due."""
-        return (
-            self.why == "expired"
-            and self.recording is not None
-            and not self.recording.due(self.time)
-        )
+    @staticmethod
+    def came_early(why: str, time: datetime, recording: Recording | None) -> bool:
+        """A purge (``expired``) of a recording that was held or not yet due at ``time``."""
+        return why == "expired" and recording is not None and not recording.due(time)
 
 
 # The ledger keeps compact mutable rows and makes the frozen objects above only when asked:
@@ -234,7 +232,7 @@ class _Gone:
         recording = None if self.row is None else self.row.recording()
         return Deletion(
             self.call_id, self.path, self.why, self.time, self.actor, self.reason, self.seq,
-            recording,
+            recording, Deletion.came_early(self.why, self.time, recording),
         )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ sampling details are dropped once it has its outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -209,7 +210,9 @@ class _Census:
 
         def keep(deletion: Deletion) -> None:
             if span.since is None or deletion.time >= span.since:
-                self.deletions.append(deletion)
+                # Without the recording it took: the report lists deletions, not recordings
+                # (and a long log has many).
+                self.deletions.append(dataclasses.replace(deletion, recording=None))
 
         return keep
 
