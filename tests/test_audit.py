@@ -712,3 +712,16 @@ def test_verify_refuses_a_0_byte_flac_that_its_log_line_vouches_for(tmp_path: Pa
         rebuilt.append(json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
     log.write_text("\n".join(rebuilt) + "\n")
     assert_fails(tmp_path, "c5.flac", "is not a FLAC file (0 bytes)")
+
+
+def test_a_state_dir_of_an_s3_host_points_the_auditor_to_the_bucket(tmp_path: Path) -> None:
+    with CommitLog.open(tmp_path / "commit.log") as log:
+        start(log, "c1", "desk-01", None)
+        log.append(
+            "call_committed", call_id="c1", line="desk-01", purposes=["escalation"],
+            path="s3://hindsight/rec-01/recordings/2026/11/28/c1.flac", sha256="ab" * 32,
+            version_id="v1", sidecar_version_id="v2", retain_until=TRAIN,
+            retention={"escalation": TRAIN}, reasons=["marked"],
+        )  # fmt: skip
+    problem = assert_fails(tmp_path, "line 2: this recording is in an object store")
+    assert "hindsight audit verify --s3 s3://hindsight/PREFIX" in problem

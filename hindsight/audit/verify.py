@@ -240,6 +240,14 @@ class _CallRules:
         call_id = entry["call_id"]
         self.calls.settle(call_id, entry["seq"])
         path, digest = entry.get("path"), entry.get("sha256")
+        local = self.path_ok is _inside  # (a bucket's verify takes s3:// paths)
+        if local and isinstance(path, str) and path.startswith("s3://"):
+            bucket = path.removeprefix("s3://").partition("/")[0]
+            return (
+                f"{_at(entry)}: this recording is in an object store (bucket {bucket!r}): a "
+                f'host with storage.backend = "s3" is verified from the bucket, with '
+                f"`hindsight audit verify --s3 s3://{bucket}/PREFIX`"
+            )
         if not self.path_ok(path):
             return f"{_at(entry)}: path {path!r} is not {self.path_rule}"
         if not isinstance(digest, str):
