@@ -63,6 +63,7 @@ class AccessReply:
 
     path: str
     sha256: str
+    version_id: str | None = None  # the object's version, when ``path`` is ``s3://…``
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from hindsight.objectstore import (
     StoreRefused,
     lock_date,
 )
-from tests.harness import Daemon
+from tests.harness import Daemon, cli
 from tests.pulse import unavailable
 from tests.s3server import S3Credentials, SeaweedServer, weed_available
 from tests.test_lifecycle import kept_call
@@ -543,3 +543,52 @@ def test_two_daemons_in_one_bucket_verify_as_a_floor_until_an_object_goes_behind
     assert "rec-02/" in failed.stderr and entry["call_id"] in failed.stderr
     one = audit_cli(store, f"s3://{bucket}/rec-01/", tmp_path, "verify")
     assert one.returncode == 0, one.stderr  # the other host is still intact
+
+
+def test_a_reviewer_exports_a_recording_kept_in_the_bucket_with_their_own_credentials(
+    tmp_path: Path, store: SeaweedServer, identity: pyrage.x25519.Identity
+) -> None:
+    bucket = store.new_bucket()
+    secret = tmp_path / "reviewer.key"
+    secret.write_text(f"{identity}\n")
+    secret.chmod(0o600)
+    reviewer = tmp_path / "reviewer.credentials"  # read rights are enough
+    reviewer.write_text(store.host.ini())
+    reviewer.chmod(0o600)
+    with s3_daemon(tmp_path, store, bucket, identity) as d:
+        call_id = kept_call(d, "desk-01", "escalation", seconds=0.5)
+        (entry,) = d.wait_for_event("call_committed", timeout=30)
+        out = tmp_path / "out.flac"
+        done = cli(
+            "--config", str(d.config), "export", call_id, "--identity", str(secret),
+            "-o", str(out), "--reason", "complaint 12", "--s3-credentials-file", str(reviewer),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        (accessed,) = d.events("recording_accessed")
+        assert (accessed["call_id"], accessed["reason"]) == (call_id, "complaint 12")
+        host = host_store(store, bucket)
+        stored = read(host, key_of(entry, bucket), entry["version_id"])
+        assert out.read_bytes() == pyrage.decrypt(stored, [identity])  # the logged version
+        assert out.read_bytes().startswith(b"fLaC")
+        # Another version under the same key (a host can put one; it cannot touch the locked
+        # one) is not what the log vouches for: export reads the logged version only.
+        host.put_stream(key_of(entry, bucket), io.BytesIO(b"not the recording"), None)
+        again = cli(
+            "--config", str(d.config), "export", call_id, "--identity", str(secret),
+            "-o", str(tmp_path / "again.flac"), "--reason", "second look",
+            "--s3-credentials-file", str(reviewer),
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert (tmp_path / "again.flac").read_bytes() == out.read_bytes()
+        # Without rights to read the bucket: a clear refusal, after the access was logged.
+        stranger = tmp_path / "stranger.credentials"
+        stranger.write_text("[default]\naws_access_key_id = nobody\naws_secret_access_key = x\n")
+        stranger.chmod(0o600)
+        refused = cli(
+            "--config", str(d.config), "export", call_id, "--identity", str(secret),
+            "-o", str(tmp_path / "no.flac"), "--reason", "third", "--s3-credentials-file",
+            str(stranger),
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert "cannot read the recording of" in refused.stderr
+        assert not (tmp_path / "no.flac").exists()

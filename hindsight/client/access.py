@@ -27,20 +27,29 @@ import io
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 import pyrage
 
-from hindsight.client.options import EXIT_USAGE, actor_of, endpoint_of, state_dir_of
+from hindsight.client.options import (
+    EXIT_USAGE,
+    actor_of,
+    endpoint_of,
+    s3_endpoint_of,
+    state_dir_of,
+)
 from hindsight.client.transport import EXIT_REFUSED, send
 from hindsight.durable import HASH_BLOCK, fsync_dir, write_all
-from hindsight.errors import ClientError
+from hindsight.errors import ClientError, StoreError
 from hindsight.layout import inside
 from hindsight.protocol import Access
 
 ENCRYPTED = ".age"
+S3_SCHEME = "s3://"
+Opener = Callable[[], IO[bytes]]
 SECRET_PREFIX = "AGE-SECRET-KEY-"
 PROGRESS_AFTER = 10.0  # seconds of audio: shorter calls play without progress lines
 PROGRESS_EVERY = 5.0  # seconds of audio between progress lines (a terminal gets every block)
@@ -128,16 +137,20 @@ def load_identities(path: Path) -> list[Identity]:
 
 
 class Located:
-    """A recording the daemon has logged an access to: its file and its logged sha256."""
+    """A recording the daemon has logged an access to: where it is (a file under the state
+    folder, or an object version in a bucket), how to read it, and its logged sha256."""
 
-    def __init__(self, call_id: str, file: Path, sha256: str) -> None:
+    def __init__(
+        self, call_id: str, file: Path | str, sha256: str, opener: Opener | None = None
+    ) -> None:
         self.call_id = call_id
         self.file = file
         self.sha256 = sha256
+        self.opener = opener  # None: a file; else what opens the object's bytes
 
     @property
     def encrypted(self) -> bool:
-        return self.file.name.endswith(ENCRYPTED)
+        return str(self.file).endswith(ENCRYPTED)
 
     def altered(self) -> ClientError:
         return ClientError(
@@ -158,6 +171,8 @@ def locate(args: argparse.Namespace, state_dir: Path) -> Located:
     """Send ``access``: the daemon logs who opens CALL and why, then says where it is."""
     asked = Access(call_id=args.call, actor=actor_of(args), reason=args.reason)
     reply = send(endpoint_of(args), asked, args.timeout)
+    if reply.path.startswith(S3_SCHEME):
+        return _in_bucket(args, reply.path, reply.sha256.lower(), reply.version_id)
     file = inside(state_dir, reply.path)
     if file is None:
         raise ClientError(
@@ -190,9 +205,38 @@ class _Hashing(io.RawIOBase):
         return self.digest.hexdigest()
 
 
+def _in_bucket(args: argparse.Namespace, url: str, sha256: str, version_id: str | None) -> Located:
+    """A recording kept in an object store (``storage.backend = "s3"``): read with the
+    reader's own credentials (``--s3-credentials-file``, else the AWS environment
+    variables) from ``--s3-endpoint``, else the config's ``storage.s3_endpoint``."""
+    from hindsight.objectstore import ObjectStore, read_credentials
+
+    bucket, _, key = url.removeprefix(S3_SCHEME).partition("/")
+    if not bucket or not key or not version_id:
+        raise ClientError(f"the daemon named an object it cannot be read by: {url!r}", EXIT_REFUSED)
+    endpoint = args.s3_endpoint or s3_endpoint_of(args)
+    path = args.s3_credentials_file
+    try:
+        credentials = None if path is None else read_credentials(Path(path))
+        store = ObjectStore(endpoint, bucket, "", credentials=credentials)
+    except StoreError as exc:
+        raise ClientError(f"cannot reach the recording's bucket: {exc}", EXIT_REFUSED) from None
+
+    def opener() -> IO[bytes]:
+        return io.BufferedReader(store.get_stream(key, version_id), HASH_BLOCK)
+
+    return Located(args.call, url, sha256, opener)
+
+
 def _open(found: Located) -> IO[bytes]:
     try:
-        return found.file.open("rb")
+        if found.opener is not None:
+            return found.opener()
+        return Path(found.file).open("rb")
+    except StoreError as exc:
+        raise ClientError(
+            f"cannot read the recording of {found.call_id} from the bucket: {exc}", EXIT_REFUSED
+        ) from None
     except OSError as exc:
         raise ClientError(
             f"cannot open the recording of {found.call_id} ({found.file}): {exc.strerror or exc}",

@@ -342,6 +342,18 @@ def _add_opening(add: Adder, name: str, run: Command, help: str) -> argparse.Arg
     )
     signature_options(sub)
     state_dir_options(sub)
+    sub.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="for a recording kept in an object store: its S3 endpoint (default: the "
+        "config's storage.s3_endpoint)",
+    )
+    sub.add_argument(
+        "--s3-credentials-file",
+        metavar="FILE",
+        help="for a recording kept in an object store: your read credentials (AWS INI, "
+        "[default]); default: the AWS_* environment variables",
+    )
     return sub
 
 

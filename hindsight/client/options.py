@@ -7,6 +7,7 @@ import getpass
 import os
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from hindsight.client.curve import client_keys
 from hindsight.client.transport import Endpoint
@@ -123,12 +124,7 @@ def state_dir_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def state_dir_of(args: argparse.Namespace) -> Path:
-    """``--state-dir``, else ``daemon.state_dir`` of the config (``--config``,
-    ``$HINDSIGHT_CONFIG`` or the default path), resolved as the daemon does. Lenient, as for
-    the endpoint: nothing else in the file is checked."""
-    if args.state_dir:
-        return Path(args.state_dir)
+def _config_data(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     path = resolve_config_path(args.config)
     try:
         data = tomllib.loads(path.read_bytes().decode("utf-8"))
@@ -138,6 +134,28 @@ def state_dir_of(args: argparse.Namespace) -> Path:
             f"cannot read the state folder from {path} ({why or exc}); give --state-dir",
             EXIT_USAGE,
         ) from None
+    return path, data
+
+
+def s3_endpoint_of(args: argparse.Namespace) -> str | None:
+    """``storage.s3_endpoint`` of the config, for reading a recording kept in a bucket;
+    None (boto3's default, AWS) when the config has none or cannot be read."""
+    try:
+        _, data = _config_data(args)
+    except ClientError:
+        return None
+    storage = data.get("storage", {})
+    value = storage.get("s3_endpoint") if isinstance(storage, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def state_dir_of(args: argparse.Namespace) -> Path:
+    """``--state-dir``, else ``daemon.state_dir`` of the config (``--config``,
+    ``$HINDSIGHT_CONFIG`` or the default path), resolved as the daemon does. Lenient, as for
+    the endpoint: nothing else in the file is checked."""
+    if args.state_dir:
+        return Path(args.state_dir)
+    path, data = _config_data(args)
     daemon = data.get("daemon", {})
     value = daemon.get("state_dir", DEFAULT_STATE_DIR) if isinstance(daemon, dict) else None
     if not isinstance(value, str) or not value:

@@ -201,6 +201,11 @@ class Lifecycle:
         log.info("a recording accessed by %s", actor)
         return recording
 
+    def version_of(self, call_id: str) -> str | None:
+        """The version of the object that holds ``call_id``'s recording (S3), else None."""
+        stored = None if self.objects is None else self.objects.get(call_id)
+        return None if stored is None else stored.version_id
+
     def purge(self, dry_run: bool = False) -> list[str]:
         """Delete every recording due now (with ``dry_run``, only say which)."""
         now = self.clock()

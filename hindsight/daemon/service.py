@@ -243,7 +243,8 @@ class Service:
     def _access(self, request: Access) -> AccessReply:
         # Logged first: nobody learns where a recording is unless the log says who and why.
         recording = self.lifecycle.access(request.call_id, request.actor, request.reason)
-        return AccessReply(recording.path, recording.sha256)
+        version = self.lifecycle.version_of(request.call_id)
+        return AccessReply(recording.path, recording.sha256, version)
 
     def _checkpoint(self, request: Checkpoint) -> CheckpointReply:
         if self.checkpoint_key is None:
