@@ -381,15 +381,21 @@ class SeaweedServer:
 # -- pytest fixtures (a test module imports them by name) -------------------------------------
 
 
-@pytest.fixture(scope="session")
-def seaweed() -> Iterator[SeaweedServer]:
-    """One SeaweedFS server for the whole session (a start costs seconds); never kill it,
-    a fault test starts a server of its own."""
+def running_server() -> Iterator[SeaweedServer]:
+    """A server of its own for a fixture's scope (a start costs seconds); fails in CI, skips
+    elsewhere, when ``weed`` is missing."""
     reason = weed_available()
     if reason is not None:
         unavailable(reason)
     with SeaweedServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedServer]:
+    """One SeaweedFS server for the whole session; never kill it, a fault test starts a
+    server of its own."""
+    yield from running_server()
 
 
 @pytest.fixture

@@ -36,13 +36,12 @@ from hindsight.objectstore import (
     lock_date,
     read_credentials,
 )
-from tests.pulse import unavailable
 from tests.s3server import (  # the fixtures too
     S3Credentials,
     SeaweedServer,
     lock_bucket,
+    running_server,
     seaweed,
-    weed_available,
 )
 
 __all__ = ["lock_bucket", "seaweed"]  # fixtures used by name
@@ -482,11 +481,7 @@ def test_a_lock_bucket_is_made_by_the_admin_only(seaweed: SeaweedServer) -> None
 @pytest.fixture(scope="module")
 def faulty() -> Iterator[SeaweedServer]:
     """A server of this module's own, to kill and restart (not the session's)."""
-    reason = weed_available()
-    if reason is not None:
-        unavailable(reason)
-    with SeaweedServer() as server:
-        yield server
+    yield from running_server()
 
 
 @pytest.fixture

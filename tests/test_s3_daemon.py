@@ -32,8 +32,7 @@ from hindsight.objectstore import (
     lock_date,
 )
 from tests.harness import Daemon, cli
-from tests.pulse import unavailable
-from tests.s3server import S3Credentials, SeaweedServer, weed_available
+from tests.s3server import S3Credentials, SeaweedServer, running_server
 from tests.test_lifecycle import kept_call
 from tests.test_worker import wait_until
 
@@ -59,11 +58,7 @@ max_retention_days = 2
 @pytest.fixture(scope="module")
 def server() -> Iterator[SeaweedServer]:
     """This module's own server: its tests kill and restart it."""
-    reason = weed_available()
-    if reason is not None:
-        unavailable(reason)
-    with SeaweedServer() as running:
-        yield running
+    yield from running_server()
 
 
 @pytest.fixture

@@ -534,6 +534,10 @@ def _warn_if_pool_is_small(config: Config, pool: Pool) -> None:
         )
 
 
+def _lock_mode(config: Config) -> LockMode:
+    return "COMPLIANCE" if config.storage.s3_lock_mode == "COMPLIANCE" else "GOVERNANCE"
+
+
 def _log_shipper(config: Config, commit_log: CommitLog) -> ShipperThread | None:
     """With the S3 backend, a thread that ships the log's closed segments to the host's
     prefix (``storage.s3_ship_lines`` lines or ``s3_ship_seconds`` after the first line that
@@ -547,7 +551,7 @@ def _log_shipper(config: Config, commit_log: CommitLog) -> ShipperThread | None:
         credentials = None if path is None else read_credentials(path)
     except StoreError as exc:
         raise HindsightError(f"storage.s3_credentials_file: {exc}") from exc
-    mode: LockMode = "COMPLIANCE" if storage.s3_lock_mode == "COMPLIANCE" else "GOVERNANCE"
+    mode = _lock_mode(config)
     store = ObjectStore(
         storage.s3_endpoint, storage.s3_bucket, storage.s3_prefix, mode, credentials
     )
@@ -564,7 +568,7 @@ def _s3_settings(config: Config) -> str:
     """The S3 backend's settings for the worker's command line (no secret: a file's path)."""
     storage = config.storage
     assert storage.s3_endpoint is not None and storage.s3_bucket is not None
-    mode: LockMode = "COMPLIANCE" if storage.s3_lock_mode == "COMPLIANCE" else "GOVERNANCE"
+    mode = _lock_mode(config)
     credentials = storage.s3_credentials_file
     settings = Settings(
         storage.s3_endpoint,
