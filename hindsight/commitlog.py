@@ -43,7 +43,7 @@ from hindsight import clock
 from hindsight.durable import fsync_dir, make_dirs
 from hindsight.errors import CommitLogError, TornTailError
 from hindsight.logindex import Head, LogIndex
-from hindsight.logline import NOT_AN_OBJECT, dumps, parse_line
+from hindsight.logline import NOT_AN_OBJECT, decode_line, dumps, parse_line
 from hindsight.logline import canonical as canonical  # the hashing rule, for whoever reads logs
 from hindsight.logline import entry_hash as entry_hash
 
@@ -109,22 +109,90 @@ def _parse(name: str, raw: _RawLine) -> tuple[dict[str, Any], str | None]:
         raise CommitLogError(f"{name} line {raw.number}: not valid JSON ({exc})") from exc
 
 
-# Called with (lines read, bytes read) after each line is parsed, before it is yielded.
+# Called with (lines read, bytes read) as the reading goes (after each block of lines is parsed,
+# before its lines are yielded, when read in blocks): a progress bar.
 LineHook = Callable[[int, int], None]
 
+BLOCK = 1 << 15  # the log is read in blocks of this many bytes, and split into lines
 
-def _parsed(
-    path: Path, on_line: LineHook | None
-) -> Iterator[tuple[int, dict[str, Any], str | None]]:
-    """Every line's number, object and the hash its content has."""
+
+def _block_lines(
+    read: Callable[[int], bytes], name: str, on_line: LineHook | None
+) -> Iterator[tuple[list[bytes], int, int, Callable[[int], bool]]]:
+    """The log's whole lines, a block at a time, without their line ends: each block's lines,
+    the number of the line before them, the byte offset where they start, and a test of
+    whether the line at an index of that block is the log's last (to be asked only on the
+    way out: it may read on). A last line without a line end is a torn tail."""
+    number = offset = 0
+    rest = b""
+    while block := read(BLOCK):
+        lines = (rest + block if rest else block).split(b"\n")
+        rest = lines.pop()  # after the last line end: the start of a line, or nothing
+
+        def last(index: int, lines: list[bytes] = lines, rest: bytes = rest) -> bool:
+            return index == len(lines) - 1 and not rest and not read(1)
+
+        size = sum(map(len, lines)) + len(lines)
+        if on_line is not None and lines:
+            on_line(number + len(lines), offset + size)
+        yield lines, number, offset, last
+        number += len(lines)
+        offset += size
+    if rest:
+        raise _torn(
+            name, _RawLine(number + 1, offset, rest, last=True), "the last line has no line end"
+        )
+
+
+def _scan(
+    read: Callable[[int], bytes],
+    name: str,
+    on_line: LineHook | None,
+    chained: bool,
+    hashed: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """Every line's object, each checked as ``_Chain`` checks it when ``chained`` (raising on
+    the first break); the lines as ``_raw_lines`` and ``_parse`` give them, faster: one
+    generator, no object per line beyond the entry, a block's lines split at once. Not
+    ``hashed``: no line's content is hashed, and ``hash`` need only be a string (for a reader
+    whose hashes another process checks, ``hindsight.chaincheck``)."""
+    seq, prev = 0, GENESIS
+    for lines, before, offset, last in _block_lines(read, name, on_line):
+        for index, data in enumerate(lines):
+            try:
+                if hashed:
+                    entry, digest = parse_line(data)
+                else:
+                    entry = decode_line(data)
+                    digest = entry.get("hash")
+            except ValueError:  # the exact error: the line as it was, with its line end
+                number = before + index + 1
+                start = offset + sum(map(len, lines[:index])) + index
+                _parse(name, _RawLine(number, start, data + b"\n", last(index)))
+                raise  # (_parse raises on every line parse_line refuses)
+            if chained:
+                stated: Any = entry.get("hash")
+                now: Any = entry.get("seq")
+                if (
+                    type(stated) is not str
+                    or stated != digest
+                    or type(now) is not int
+                    or now != seq + 1
+                    or entry.get("prev") != prev
+                    or type(entry.get("time")) is not str
+                    or type(entry.get("event")) is not str
+                ):
+                    chain = _Chain(name)
+                    chain.seq, chain.hash = seq, prev
+                    chain.check(before + index + 1, entry, digest)  # raises, saying why
+                seq, prev = now, stated
+            yield entry
+
+
+def _scan_file(path: Path, on_line: LineHook | None, chained: bool) -> Iterator[dict[str, Any]]:
     try:
-        name = path.name
         with path.open("rb") as handle:
-            for raw in _raw_lines(handle):
-                entry, digest = _parse(name, raw)
-                if on_line is not None:
-                    on_line(raw.number, raw.offset + len(raw.data))
-                yield raw.number, entry, digest
+            yield from _scan(handle.read, path.name, on_line, chained)
     except OSError as exc:
         raise CommitLogError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
 
@@ -132,8 +200,7 @@ def _parsed(
 def read_entries(path: Path, on_line: LineHook | None = None) -> Iterator[dict[str, Any]]:
     """Parse every line of the log, without checking the chain (see ``read_chain``);
     ``on_line``, if given, is told how far the reading has come (a progress bar)."""
-    for _, entry, _ in _parsed(path, on_line):
-        yield entry
+    return _scan_file(path, on_line, chained=False)
 
 
 def _whole_line(name: str, offset: int, data: bytes) -> dict[str, Any] | None:
@@ -180,10 +247,7 @@ class _Chain:
 
 def read_chain(path: Path, on_line: LineHook | None = None) -> Iterator[dict[str, Any]]:
     """``read_entries`` that also checks seq, prev and hash, raising on the first break."""
-    chain = _Chain(path.name)
-    for number, entry, digest in _parsed(path, on_line):
-        chain.check(number, entry, digest)
-        yield entry
+    return _scan_file(path, on_line, chained=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hindsight import audit
+from hindsight import audit, commitlog
 from hindsight.audit import callbook
 from hindsight.audit.callbook import CallBook, Settled
 from hindsight.commitlog import CommitLog, index_path
@@ -133,6 +133,7 @@ def test_verify_and_report_hold_no_more_for_ten_times_the_calls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(callbook, "BATCH", 100)
+    monkeypatch.setattr(commitlog, "BLOCK", 1 << 14)  # both logs span several blocks
     small, big = tmp_path / "small", tmp_path / "big"
     floor_log(small / "commit.log", 400)
     floor_log(big / "commit.log", 4_000)

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from hindsight import commitlog
 from hindsight.audit import verify
 from hindsight.audit.progress import ERASE, INTERVAL, Bar, bar
 from hindsight.audit.show import render, show
@@ -482,14 +483,21 @@ def test_a_terminal_that_fails_turns_the_bar_off_without_failing() -> None:
     drawing.erase()
 
 
-def test_read_chain_tells_the_hook_every_line_and_the_bytes_read(tmp_path: Path) -> None:
+def test_read_chain_tells_the_hook_how_far_it_has_come_block_by_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook hears of each block's whole lines as they are read: lines and bytes, each
+    the end of a line, up to the whole log."""
+    monkeypatch.setattr(commitlog, "BLOCK", 1000)
     path = tmp_path / "commit.log"
     write_chained(path, 20)
     seen: list[tuple[int, int]] = []
     entries = list(read_chain(path, lambda lines, done: seen.append((lines, done))))
     ends = [len(line) for line in path.read_bytes().splitlines(keepends=True)]
-    assert [lines for lines, _ in seen] == list(range(1, 21))
-    assert [done for _, done in seen] == [sum(ends[:n]) for n in range(1, 21)]
+    line_ends = {n: sum(ends[:n]) for n in range(1, 21)}
+    assert len(seen) > 3 and seen[-1] == (20, path.stat().st_size)
+    assert all(line_ends[lines] == done for lines, done in seen if lines)
+    assert [lines for lines, _ in seen] == sorted({lines for lines, _ in seen})
     assert entries == list(read_chain(path))
 
 

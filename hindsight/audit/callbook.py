@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 BATCH = 20_000  # settled calls held in memory before they go to the file
 _FILTER_BITS = 25  # a filter of 2**25 bits (4 MiB): about 3% false hits at 3 million calls
+_MASK = (1 << _FILTER_BITS) - 1
 
 
 class _Filter:
@@ -25,29 +26,23 @@ class _Filter:
     (nearly every new call's) is answered without asking the file."""
 
     __slots__ = ("bits",)
-    _MASK = (1 << _FILTER_BITS) - 1
 
     def __init__(self) -> None:
         self.bits = bytearray(1 << (_FILTER_BITS - 3))
 
     def add(self, key: str) -> None:
-        first, second = _spots(key)
-        self.bits[first >> 3] |= 1 << (first & 7)
+        value = hash(key)  # two bit positions from the string's own 64-bit hash (salted per
+        first, second = value & _MASK, (value >> _FILTER_BITS) & _MASK  # process: fine, the
+        self.bits[first >> 3] |= 1 << (first & 7)  # filter lives and dies with one audit)
         self.bits[second >> 3] |= 1 << (second & 7)
 
     def may_hold(self, key: str) -> bool:
-        first, second = _spots(key)
+        value = hash(key)  # as in add: inline, as this is asked of every new call
+        first, second = value & _MASK, (value >> _FILTER_BITS) & _MASK
         bits = self.bits
         return bool(
             bits[first >> 3] & (1 << (first & 7)) and bits[second >> 3] & (1 << (second & 7))
         )
-
-
-def _spots(key: str) -> tuple[int, int]:
-    """Two bit positions from the string's own 64-bit hash (salted per process: fine, the
-    filter lives and dies with one audit)."""
-    value = hash(key)
-    return value & _Filter._MASK, (value >> _FILTER_BITS) & _Filter._MASK
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyrage
 
@@ -37,8 +37,7 @@ from hindsight.sampling import commitment, eligible, kept_as_sampled, picked, se
 _HEX64 = frozenset("0123456789abcdef")
 
 
-@dataclass(frozen=True)
-class _Settled:
+class _Settled(NamedTuple):  # a tuple: one is made for every call, and a tuple is quick
     """A call of an epoch with its outcome, as much as the draw's check needs."""
 
     call_id: str
@@ -237,18 +236,18 @@ class Draws:
         self.checked += 1
         assert epoch.seed is not None
         pick = picked(epoch.seed, call.call_id, epoch.one_in) and call.eligible
+        if pick == call.sampled or (pick and call.lost):
+            return None
         where = f"{LOG_NAME} line {call.line}: call {call.call_id!r}"
-        if call.sampled and not pick:
+        if call.sampled:
             return (
                 f"{where} was kept as sampled, but the draw of sampling epoch {epoch.number} "
                 "did not pick it"
             )
-        if pick and not call.sampled and not call.lost:
-            return (
-                f"{where} was picked by the draw of sampling epoch {epoch.number}, "
-                "yet not kept as sampled"
-            )
-        return None
+        return (
+            f"{where} was picked by the draw of sampling epoch {epoch.number}, "
+            "yet not kept as sampled"
+        )
 
     def _unseal(self, epoch: _Epoch) -> bytes | None:
         assert epoch.sealed is not None

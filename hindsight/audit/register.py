@@ -25,9 +25,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from hindsight import chaincheck
 from hindsight.audit.common import DELETION_WHYS, shown
 from hindsight.clock import iso, utcnow
-from hindsight.commitlog import LOG_NAME, read_chain
+from hindsight.commitlog import LOG_NAME
 from hindsight.config import Config, PurposeConfig, is_loopback
 from hindsight.errors import CommitLogError
 from hindsight.retention import Ledger
@@ -475,7 +476,7 @@ def read_log(state_dir: Path) -> LogFacts:
     entries = accesses = 0
     first: str | None = None
     last: str | None = None
-    for entry in read_chain(path):
+    for entry in chaincheck.entries(path):
         entries += 1
         first, last = first or entry["time"], entry["time"]
         ledger.apply(entry)

@@ -18,6 +18,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from hindsight import chaincheck
 from hindsight.audit.common import (
     DELETION_WHYS,
     NO_AGENT,
@@ -28,7 +29,7 @@ from hindsight.audit.common import (
 )
 from hindsight.audit.fairness import BandTally, Fairness
 from hindsight.clock import iso, utcnow
-from hindsight.commitlog import LOG_NAME, OUTCOME_EVENTS, LineHook, read_chain
+from hindsight.commitlog import LOG_NAME, OUTCOME_EVENTS, LineHook
 from hindsight.errors import CommitLogError
 from hindsight.retention import Deletion, Ledger, Recording
 from hindsight.sampling import eligible, kept_as_sampled
@@ -620,7 +621,7 @@ def report(
     if not path.is_file():
         raise CommitLogError(f"{LOG_NAME} is missing in {state_dir}")
     reading = Reading(span)
-    for entry in read_chain(path, on_line):
+    for entry in chaincheck.entries(path, on_line):
         reading.feed(entry)
     return reading.finish(now)
 

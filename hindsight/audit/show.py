@@ -26,9 +26,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hindsight import chaincheck
 from hindsight.audit.common import shown
 from hindsight.clock import iso
-from hindsight.commitlog import LOG_NAME, RESERVED_FIELDS, LineHook, read_chain
+from hindsight.commitlog import LOG_NAME, RESERVED_FIELDS, LineHook
 from hindsight.durable import file_sha256
 from hindsight.errors import CommitLogError
 from hindsight.layout import inside, sidecar_path
@@ -159,7 +160,7 @@ class _Reading:
 
 def _read(path: Path, call_id: str, on_line: LineHook | None) -> _Reading:
     reading, open_epoch = _Reading(call_id), None
-    for entry in read_chain(path, on_line):
+    for entry in chaincheck.entries(path, on_line):
         reading.entries += 1
         event = entry["event"]
         if event == "sampling_epoch":

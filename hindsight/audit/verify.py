@@ -28,12 +28,13 @@ from typing import Any
 
 import pyrage
 
+from hindsight import chaincheck
 from hindsight.audit.callbook import CallBook, OpenCall
 from hindsight.audit.common import DELETION_WHYS, Span, shown
 from hindsight.audit.draws import DRAWN_EVENTS, Draws
 from hindsight.checkpoint import SignedCheckpoint
 from hindsight.clock import iso, utcnow
-from hindsight.commitlog import LOG_NAME, RESERVED_FIELDS, LineHook, read_chain
+from hindsight.commitlog import LOG_NAME, RESERVED_FIELDS, LineHook
 from hindsight.daemon.repaired import EVENT as LOG_REPAIRED
 from hindsight.daemon.repaired import Repair
 from hindsight.durable import file_sha256
@@ -73,11 +74,11 @@ def _at(entry: Mapping[str, Any]) -> str:
 
 
 def _inside(path: object) -> bool:
-    """True for a relative path that stays inside the state dir."""
+    """True for a relative path that stays inside the state dir (as ``PurePosixPath`` sees
+    it: not absolute, no ``..`` part; split by hand, as this is asked of every commit)."""
     if not isinstance(path, str) or not path:
         return False
-    pure = PurePosixPath(path)
-    return not pure.is_absolute() and ".." not in pure.parts
+    return not path.startswith("/") and ".." not in path.split("/")
 
 
 _Rule = Callable[[Mapping[str, Any]], "str | None"]
@@ -131,9 +132,10 @@ class _CallRules:
         if self.problem is not None:
             return
         event = entry["event"]
+        rule = self.rules.get(event)
         self.problem = (
             (self._as_witnessed(entry) if self.witnessed else None)
-            or self.rules.get(event, _no_rule)(entry)
+            or (rule(entry) if rule is not None else None)
             or (self._retain(entry) if event in RETENTION_EVENTS else None)
             or (self.draws.feed(entry) if event in DRAWN_EVENTS else None)
         )
@@ -352,10 +354,6 @@ class _CallRules:
 
 def _named(value: object) -> bool:
     return isinstance(value, str) and value != ""
-
-
-def _no_rule(entry: Mapping[str, Any]) -> None:
-    """Events without a call rule (daemon life cycle, future kinds) only need the chain."""
 
 
 def _not_due(recording: Recording) -> str:
@@ -638,7 +636,7 @@ def _walk(
     """The whole chain first; a chain problem outranks any call-rule problem. The caller
     closes ``rules.calls``."""
     rules = _CallRules(state_dir, draws=Draws(identities), witnessed=witnessed)
-    return rules, _walk_entries(read_chain(path, on_line), rules)
+    return rules, _walk_entries(chaincheck.entries(path, on_line), rules)
 
 
 def _walk_entries(entries: Iterable[Mapping[str, Any]], rules: _CallRules) -> str | None:
