@@ -8,7 +8,9 @@ epoch (1 in 10, the seed revealed at the run's end), calls started and committed
 draw picks them, else wiped.
 
 Then times, in the same run, against the floor of a bare SHA-256 pass over the same bytes
-(1 MiB blocks): ``read_chain`` (the chain checked, every line parsed), ``audit verify``'s walk
+(1 MiB blocks): ``read_chain`` (the chain checked, every line parsed), the auditor's read of
+the same (``hindsight.chaincheck.entries``: the garbage collector paused; on one core, then
+with the hashes checked in a second process), ``audit verify``'s walk
 of the log (the call rules, retention and every draw; the recordings, which this log does not
 have on disk, aside), ``audit report``, and the daemon's start-up reads: once without an
 index (the first start after an upgrade: every line checked, as every start did before), and
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import secrets
 import shutil
 import tempfile
@@ -35,6 +38,7 @@ from typing import Any
 
 from hindsight import audit
 from hindsight.audit.verify import _walk
+from hindsight.chaincheck import entries
 from hindsight.commitlog import LOG_NAME, CommitLog, index_path, read_chain
 from hindsight.retention import ledger_of
 from hindsight.sampling import commitment, picked
@@ -165,6 +169,8 @@ def main() -> None:
         cases: list[tuple[str, Callable[[], Any]]] = [
             ("SHA-256 of the bytes (floor)", lambda: sha256_pass(path)),
             ("read_chain (chain checked)", lambda: sum(1 for _ in read_chain(path))),
+            ("the same on one core, no GC", lambda: sum(1 for _ in entries(path, aside=False))),
+            ("the same, hashes aside", lambda: sum(1 for _ in entries(path, aside=True))),
             ("audit verify, the log's walk", walk),
             ("audit report", lambda: audit.report(state)),
             ("daemon start-up, no index yet", first_start_up),
@@ -177,6 +183,8 @@ def main() -> None:
             floor = floor or seconds
             print(f"{name:34} {seconds:9.2f} {seconds / floor:8.1f} "
                   f"{written / seconds:10,.0f} {peak:9.1f}")  # fmt: skip
+        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"the hash-checking process (hashes aside): at most {child:.0f} MiB resident")
 
 
 if __name__ == "__main__":

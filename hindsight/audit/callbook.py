@@ -113,7 +113,8 @@ class CallBook:
         with db:
             db.executemany(
                 "INSERT OR REPLACE INTO settled VALUES (?, ?, ?, ?)",
-                [(k, *settled) for k, settled in self._pending.items()],
+                # In key order: each page of the table is then written once a batch.
+                [(k, *settled) for k, settled in sorted(self._pending.items())],
             )
         for call_id in self._pending:
             self._filter.add(call_id)
