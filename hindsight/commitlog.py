@@ -109,6 +109,13 @@ def _parse(name: str, raw: _RawLine) -> tuple[dict[str, Any], str | None]:
         raise CommitLogError(f"{name} line {raw.number}: not valid JSON ({exc})") from exc
 
 
+def parse_whole_line(name: str, number: int, data: bytes) -> tuple[dict[str, Any], str | None]:
+    """Line ``number`` of log ``name``, ``data`` with its line end, as ``read_chain`` parses
+    it: its object and the hash its content has (for ``Chain.check``); CommitLogError naming
+    the line if it is no JSON object."""
+    return _parse(name, _RawLine(number, 0, data, last=False))
+
+
 # Called with (lines read, bytes read) as the reading goes (after each block of lines is parsed,
 # before its lines are yielded, when read in blocks): a progress bar.
 LineHook = Callable[[int, int], None]
@@ -151,7 +158,7 @@ def _scan(
     chained: bool,
     hashed: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """Every line's object, each checked as ``_Chain`` checks it when ``chained`` (raising on
+    """Every line's object, each checked as ``Chain`` checks it when ``chained`` (raising on
     the first break); the lines as ``_raw_lines`` and ``_parse`` give them, faster: one
     generator, no object per line beyond the entry, a block's lines split at once. Not
     ``hashed``: no line's content is hashed, and ``hash`` need only be a string (for a reader
@@ -182,7 +189,7 @@ def _scan(
                     or type(entry.get("time")) is not str
                     or type(entry.get("event")) is not str
                 ):
-                    chain = _Chain(name)
+                    chain = Chain(name)
                     chain.seq, chain.hash = seq, prev
                     chain.check(before + index + 1, entry, digest)  # raises, saying why
                 seq, prev = now, stated
@@ -203,7 +210,7 @@ def read_entries(path: Path, on_line: LineHook | None = None) -> Iterator[dict[s
     return _scan_file(path, on_line, chained=False)
 
 
-def _whole_line(name: str, offset: int, data: bytes) -> dict[str, Any] | None:
+def whole_line(name: str, offset: int, data: bytes) -> dict[str, Any] | None:
     """``data`` as one whole line whose content has the hash it states, else None."""
     if not data.endswith(b"\n") or b"\n" in data[:-1]:
         return None
@@ -214,7 +221,7 @@ def _whole_line(name: str, offset: int, data: bytes) -> dict[str, Any] | None:
     return entry if digest is not None and entry.get("hash") == digest else None
 
 
-class _Chain:
+class Chain:
     """The running state of the hash chain; ``check`` raises on the first broken link."""
 
     def __init__(self, name: str) -> None:
@@ -348,7 +355,7 @@ def _check_head(path: Path, handle: BinaryIO, head: Head, index: Path) -> None:
             f"(up to line {head.seq}): lines were removed since{again}"
         )
     handle.seek(head.line_offset)
-    entry = _whole_line(path.name, head.line_offset, handle.read(head.size - head.line_offset))
+    entry = whole_line(path.name, head.line_offset, handle.read(head.size - head.line_offset))
     if entry is None or entry.get("seq") != head.seq or entry.get("hash") != head.hash:
         raise CommitLogError(
             f"{path.name} line {head.seq} is not the line the daemon verified at byte offset "
@@ -362,7 +369,7 @@ class _Resume:
 
     def __init__(self, path: Path, index: LogIndex, on_line: LineHook | None) -> None:
         self.path, self.index, self.on_line = path, index, on_line
-        self.chain = _Chain(path.name)
+        self.chain = Chain(path.name)
         self.calls = _Calls(index.knows)
 
     def run(self) -> None:
@@ -552,7 +559,7 @@ class CommitLog:
         return entries
 
     def _line_at(self, offset: int, data: bytes) -> dict[str, Any]:
-        entry = _whole_line(self.path.name, offset, data)
+        entry = whole_line(self.path.name, offset, data)
         if entry is None:
             raise CommitLogError(
                 f"{self.path.name}: the line at byte offset {offset} is not the one the daemon "

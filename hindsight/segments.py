@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
-from hindsight.commitlog import GENESIS, LOG_NAME, _Chain, _parse, _RawLine
+from hindsight.commitlog import GENESIS, LOG_NAME, Chain, parse_whole_line
 from hindsight.errors import CommitLogError
 
 LOG_FOLDER = "log/"
@@ -65,7 +65,7 @@ class LineChain:
 
     def __init__(self, seq: int = 0, last_hash: str = GENESIS, name: str = LOG_NAME) -> None:
         self.name = name
-        self._chain = _Chain(name)
+        self._chain = Chain(name)
         self._chain.seq, self._chain.hash = seq, last_hash
 
     @property
@@ -84,7 +84,7 @@ class LineChain:
             raise CommitLogError(
                 f"{self.name} line {number}: the segment ends inside this line (no line end)"
             )
-        entry, digest = _parse(self.name, _RawLine(number, 0, data, last=False))
+        entry, digest = parse_whole_line(self.name, number, data)
         self._chain.check(number, entry, digest)
         return entry
 

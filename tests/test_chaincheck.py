@@ -5,7 +5,7 @@ to a child that checks the hashes while this process reads the entries. Both mus
 exactly what the line-by-line reading of before gave: the same entries, or the same error,
 with the same message (and, for a torn tail, the same offset), for every log a crash or a
 forger could leave. The reference here is that reading, kept in ``commitlog`` for the
-daemon's start (``_raw_lines``, ``_parse``, ``_Chain``).
+daemon's start (``_raw_lines``, ``_parse``, ``Chain``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from hindsight import chaincheck, commitlog
 from hindsight.audit import verify
-from hindsight.commitlog import CommitLog, _Chain, _parse, _raw_lines, read_chain
+from hindsight.commitlog import Chain, CommitLog, _parse, _raw_lines, read_chain
 from hindsight.errors import CommitLogError, TornTailError
 
 Outcome = tuple[str, Any, Any]
@@ -29,7 +29,7 @@ Outcome = tuple[str, Any, Any]
 
 def reference(path: Path) -> Iterator[dict[str, Any]]:
     """The line-by-line reading ``read_chain`` did before it read blocks."""
-    chain = _Chain(path.name)
+    chain = Chain(path.name)
     with path.open("rb") as handle:
         for raw in _raw_lines(handle):
             entry, digest = _parse(path.name, raw)

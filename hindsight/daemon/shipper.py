@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from hindsight.clock import utcnow
-from hindsight.commitlog import GENESIS, _whole_line
+from hindsight.commitlog import GENESIS, whole_line
 from hindsight.errors import CommitLogError, StoreError
 from hindsight.objectstore import ObjectMissing, ObjectStore, StoreUnavailable, VersionInfo
 from hindsight.segments import (
@@ -231,7 +231,7 @@ class Shipper:
             handle.seek(offsets[last.first])
             data = handle.read(offsets[last.last + 1] - offsets[last.first])
         self._same_bytes(last, data)
-        entry = _whole_line(
+        entry = whole_line(
             self.path.name, offsets[last.last], data[offsets[last.last] - offsets[last.first] :]
         )
         if entry is None or entry.get("seq") != last.last:
