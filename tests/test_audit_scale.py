@@ -14,6 +14,7 @@ import pytest
 from hindsight import audit, commitlog
 from hindsight.audit import callbook
 from hindsight.audit.callbook import CallBook, Settled
+from hindsight.audit.register import read_log
 from hindsight.commitlog import CommitLog, index_path
 
 LINE = "desk-01"
@@ -142,3 +143,46 @@ def test_verify_and_report_hold_no_more_for_ten_times_the_calls(
     # Ten times the calls: the same memory, give or take a batch (before: ten times as much).
     assert verify_big < 1.5 * verify_small, (verify_small, verify_big)
     assert report_big < 1.5 * report_small, (report_small, report_big)
+
+
+def kept_and_purged_log(path: Path, calls: int) -> None:
+    """``calls`` calls, each committed, then purged as expired: deletions pile up."""
+    real_fsync = os.fsync
+    os.fsync = lambda fd: None  # only while writing: the lines are the same, only sooner
+    until = "2026-01-01T00:00:00.000Z"
+    try:
+        with CommitLog.open(path) as log:
+            log.append("daemon_started", version="test", config_sha256=None)
+            for n in range(calls):
+                call_id, where = f"call-{n}", f"recordings/2026/01/01/call-{n}.flac"
+                started(log, call_id)
+                log.append(
+                    "call_committed", call_id=call_id, line=LINE, agent="ann",
+                    reasons=["marked"], purposes=["escalation"],
+                    retention={"escalation": until}, retain_until=until, path=where,
+                    sha256="0" * 64, seconds=30.0, rolled_seconds=0.0, lost_seconds=0.0,
+                    status_flags=0, ended=until, caller_ref=None,
+                )  # fmt: skip
+                log.append("recording_deleted", call_id=call_id, why="expired", path=where)
+            log.append("daemon_stopped")
+    finally:
+        os.fsync = real_fsync
+
+
+def test_the_register_holds_no_more_for_ten_times_the_deletions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commitlog, "BLOCK", 1 << 14)
+    peaks = []
+    for calls in (200, 2_000):
+        state = tmp_path / str(calls)
+        kept_and_purged_log(state / "commit.log", calls)
+        tracemalloc.start()
+        try:
+            facts = read_log(state)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert facts.deletions["expired"] == calls and facts.total_recordings == 0
+    small, big = peaks
+    assert big < 1.5 * small, (small, big)

@@ -472,7 +472,8 @@ def read_log(state_dir: Path) -> LogFacts:
     path = state_dir / LOG_NAME
     if not path.is_file():
         raise CommitLogError(f"{LOG_NAME} is missing in {state_dir}")
-    ledger, whys = Ledger(), Counter[str]()
+    # Deletions are counted as they come (whys), not kept: memory bounded by what exists.
+    ledger, whys = Ledger(on_deleted=lambda deletion: None), Counter[str]()
     entries = accesses = 0
     first: str | None = None
     last: str | None = None
