@@ -330,8 +330,8 @@ def test_objects_newer_than_the_shipped_log_are_counted_apart(
 ) -> None:  # fmt: skip
     host = floor[0]
     host.store.put_stream(host.key("c9"), io.BytesIO(b"age-encryption.org/v1\n"), None)
-    code, out, _ = run(capsys, seaweed, tmp_path, "verify", "--s3", f"s3://{lock_bucket}/rec-01/")
-    assert code == 0
+    code, out, err = run(capsys, seaweed, tmp_path, "verify", "--s3", f"s3://{lock_bucket}/rec-01/")
+    assert code == 0, (out, err)
     assert "1 newer object(s) not in the shipped log yet" in out
 
 

@@ -204,6 +204,13 @@ class BandTally:
         self.calls[one_in] += 1
         self.sampled[one_in] += int(sampled)
 
+    def merge(self, other: BandTally) -> None:
+        """Add ``other``'s counts to these (a group made of several)."""
+        self.calls.update(other.calls)
+        self.sampled.update(other.sampled)
+        self.without_epoch += other.without_epoch
+        self.sampled_without_epoch += other.sampled_without_epoch
+
     def freeze(self) -> Band:
         counts: Counter[float] = Counter()
         for one_in, n in self.calls.items():

@@ -165,6 +165,18 @@ class _Tally:
             self.kept.add(outcome.seconds)
             self.rolled.add(outcome.rolled)
 
+    def merge(self, other: _Tally) -> None:
+        """Add ``other``'s counts to these (a group made of several)."""
+        for name in ("started", "committed", "wiped", "lost_in_crash", "deleted", "open"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.by_reason.update(other.by_reason)
+        self.by_purpose.update(other.by_purpose)
+        for mine, theirs in ((self.kept, other.kept), (self.gone, other.gone)):
+            for part in theirs.parts:
+                mine.add(part)
+        for part in other.rolled.parts:
+            self.rolled.add(part)
+
     def freeze(self) -> Figures:
         return Figures(
             started=self.started,
@@ -188,16 +200,36 @@ _LAST_OWNED = frozenset({"call_wiped", "recording_deleted"})
 _COUNTED = OUTCOME_EVENTS | {"call_started", "recording_deleted"}
 
 
+_Pair = tuple[str, str]  # a call's line and agent
+_G = TypeVar("_G", "_Tally", BandTally)
+
+
+def _pivot(
+    pairs: Mapping[_Pair, _G], make: Callable[[], _G], alone: _G | None = None
+) -> tuple[_G, dict[str, _G], dict[str, _G]]:
+    """The totals, per line and per agent, of what was tallied once per line and agent
+    (once, not three times, as each line comes: the pairs are few, the lines many); with
+    ``alone``, what belongs to no call, in the totals only."""
+    totals, lines, agents = make(), dict[str, _G](), dict[str, _G]()
+    if alone is not None:
+        totals.merge(alone)
+    for (line, agent), tally in pairs.items():
+        totals.merge(tally)
+        _group(lines, line, make).merge(tally)
+        _group(agents, agent, make).merge(tally)
+    return totals, lines, agents
+
+
 @dataclass
 class _Census:
-    """Tallies every entry into the totals and its call's line and agent."""
+    """Tallies every entry once, by its call's line and agent (``pairs``; ``unowned``: no
+    call), for the totals, per line and per agent (``totals``, ``lines``, ``agents``)."""
 
     entries: int = 0
     first_time: str | None = None
     last_time: str | None = None
-    totals: _Tally = field(default_factory=_Tally)
-    lines: dict[str, _Tally] = field(default_factory=dict)
-    agents: dict[str, _Tally] = field(default_factory=dict)
+    pairs: dict[_Pair, _Tally] = field(default_factory=dict)
+    unowned: _Tally = field(default_factory=_Tally)
     owners: dict[str, tuple[str, str]] = field(default_factory=dict)
     open_ids: set[str] = field(default_factory=set)
     days: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -232,12 +264,10 @@ class _Census:
             self.days[str(entry["time"])[:10], event] += 1
         outcome = _Outcome.of(entry) if event in OUTCOME_EVENTS else None
         if not isinstance(call_id, str):
-            self.totals.add(event, False, outcome)
+            self.unowned.add(event, False, outcome)
             return
-        line, agent = self.owners.get(call_id) or (str(entry.get("line", UNKNOWN)), UNKNOWN)
-        self.totals.add(event, was_open, outcome)
-        _group(self.lines, line, _Tally).add(event, was_open, outcome)
-        _group(self.agents, agent, _Tally).add(event, was_open, outcome)
+        owner = self.owners.get(call_id) or (str(entry.get("line", UNKNOWN)), UNKNOWN)
+        _group(self.pairs, owner, _Tally).add(event, was_open, outcome)
         if event in _LAST_OWNED:  # nothing later is told by line or agent
             self.owners.pop(call_id, None)
 
@@ -252,18 +282,23 @@ class _Census:
             return True
         return False
 
+    def groups(self) -> tuple[_Tally, dict[str, _Tally], dict[str, _Tally]]:
+        """The totals, per line and per agent."""
+        return _pivot(self.pairs, _Tally, self.unowned)
+
     def freeze(
         self, retention: Retention, accesses: Sequence[Access], fairness: Fairness, span: Span
     ) -> Report:
+        totals, lines, agents = self.groups()
         return Report(
             since=span.since,
             until=span.until,
             entries=self.entries,
             first_time=self.first_time,
             last_time=self.last_time,
-            totals=self.totals.freeze(),
-            per_line=_freeze_groups(self.lines),
-            per_agent=_freeze_groups(self.agents),
+            totals=totals.freeze(),
+            per_line=_freeze_groups(lines),
+            per_agent=_freeze_groups(agents),
             retention=retention,
             accesses=accesses,
             per_day=self._per_day(),
@@ -299,9 +334,10 @@ class Day:
 
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 
 
-def _group(groups: dict[str, _T], name: str, make: Callable[[], _T]) -> _T:
+def _group(groups: dict[_K, _T], name: _K, make: Callable[[], _T]) -> _T:
     """``groups[name]``, made on first use (``setdefault`` would make one for every call)."""
     found = groups.get(name)
     if found is None:
@@ -347,9 +383,7 @@ class _Draws:
 
     epochs: dict[int, tuple[int, str]] = field(default_factory=dict)
     open: dict[str, _Start] = field(default_factory=dict)
-    totals: BandTally = field(default_factory=BandTally)
-    lines: dict[str, BandTally] = field(default_factory=dict)
-    agents: dict[str, BandTally] = field(default_factory=dict)
+    pairs: dict[_Pair, BandTally] = field(default_factory=dict)  # by line and agent
 
     def add(self, entry: Mapping[str, Any]) -> None:
         event, call_id = entry["event"], entry.get("call_id")
@@ -387,19 +421,19 @@ class _Draws:
         """Count an eligible call's outcome; a lost call's draw was never acted on."""
         if start is None or not start.eligible or outcome.get("why") == "lost_in_crash":
             return
-        sampled = kept_as_sampled(outcome)
-        for tally in (
-            self.totals,
-            _group(self.lines, start.line, BandTally),
-            _group(self.agents, start.agent, BandTally),
-        ):
-            tally.add(start.one_in, sampled)
+        owner = start.line, start.agent
+        _group(self.pairs, owner, BandTally).add(start.one_in, kept_as_sampled(outcome))
+
+    def groups(self) -> tuple[BandTally, dict[str, BandTally], dict[str, BandTally]]:
+        """The totals, per line and per agent."""
+        return _pivot(self.pairs, BandTally)
 
     def freeze(self) -> Fairness:
+        totals, lines, agents = self.groups()
         return Fairness(
-            totals=self.totals.freeze(),
-            per_line={name: t.freeze() for name, t in sorted(self.lines.items())},
-            per_agent={name: t.freeze() for name, t in sorted(self.agents.items())},
+            totals=totals.freeze(),
+            per_line={name: t.freeze() for name, t in sorted(lines.items())},
+            per_agent={name: t.freeze() for name, t in sorted(agents.items())},
         )
 
 

@@ -93,6 +93,7 @@ RECORDINGS_FOLDER = f"{RECORDINGS}/"
 # shipped yet (a live host's last minutes, or a restarted one's first), and is counted apart
 # rather than failed. Older objects must all be accounted for by the shipped log.
 TAIL_SECONDS = 900.0
+_STORE_TICK = timedelta(seconds=1)  # the resolution of an object's LastModified
 MAX_DEPTH = 8  # folders below the prefix asked for, where hosts are looked for
 _BLOCK = 1 << 20
 _LINE = re.compile(rf"{re.escape(LOG_NAME)} line (\d+)")
@@ -585,7 +586,8 @@ def _accounted(
             key not in logged  # a second version of a logged key is never the daemon's
             and shipped is not None
             and modified is not None
-            and modified > shipped
+            # (a store's times are whole seconds: one in the shipped line's second may be later)
+            and modified + _STORE_TICK > shipped
             and check.now - modified <= timedelta(seconds=TAIL_SECONDS)
         ):
             tail += 1
@@ -690,24 +692,6 @@ def report_floor(
     return FloorReport(f"s3://{store.bucket}/{prefix}", merge(readings, as_of), tuple(hosts))
 
 
-def _add_tally(into: _Tally, other: _Tally) -> None:
-    for name in ("started", "committed", "wiped", "lost_in_crash", "deleted", "open"):
-        setattr(into, name, getattr(into, name) + getattr(other, name))
-    into.by_reason.update(other.by_reason)
-    into.by_purpose.update(other.by_purpose)
-    for name in ("kept", "gone", "rolled"):
-        into_sum, other_sum = getattr(into, name), getattr(other, name)
-        for part in other_sum.parts:
-            into_sum.add(part)
-
-
-def _add_band(into: BandTally, other: BandTally) -> None:
-    into.calls.update(other.calls)
-    into.sampled.update(other.sampled)
-    into.without_epoch += other.without_epoch
-    into.sampled_without_epoch += other.sampled_without_epoch
-
-
 def _merge_purpose(a: PurposeRetention, b: PurposeRetention) -> PurposeRetention:
     def pick(f: Callable[..., datetime], x: datetime | None, y: datetime | None) -> datetime | None:
         both = [moment for moment in (x, y) if moment is not None]
@@ -754,17 +738,19 @@ def merge(readings: Mapping[str, Reading], now: datetime) -> Report:
         entries += census.entries
         firsts += [census.first_time] if census.first_time else []
         lasts += [census.last_time] if census.last_time else []
-        _add_tally(totals, census.totals)
-        for name, tally in census.lines.items():
-            _add_tally(lines.setdefault(f"{host}{name}", _Tally()), tally)
-        for name, tally in census.agents.items():
-            _add_tally(agents.setdefault(name, _Tally()), tally)
+        host_totals, host_lines, host_agents = census.groups()
+        totals.merge(host_totals)
+        for name, tally in host_lines.items():
+            lines.setdefault(f"{host}{name}", _Tally()).merge(tally)
+        for name, tally in host_agents.items():
+            agents.setdefault(name, _Tally()).merge(tally)
         days.update(census.days)
-        _add_band(band_totals, draws.totals)
-        for name, band in draws.lines.items():
-            _add_band(band_lines.setdefault(f"{host}{name}", BandTally()), band)
-        for name, band in draws.agents.items():
-            _add_band(band_agents.setdefault(name, BandTally()), band)
+        host_bands, host_band_lines, host_band_agents = draws.groups()
+        band_totals.merge(host_bands)
+        for name, band in host_band_lines.items():
+            band_lines.setdefault(f"{host}{name}", BandTally()).merge(band)
+        for name, band in host_band_agents.items():
+            band_agents.setdefault(name, BandTally()).merge(band)
         deletions += [
             dataclasses.replace(deletion, call_id=f"{host}{deletion.call_id}")
             for deletion in census.deletions
