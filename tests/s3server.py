@@ -145,11 +145,29 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def worker_port_range() -> tuple[int, int]:
+    """``PORT_RANGE``, or this pytest-xdist worker's own slice of it.
+
+    A port is probed free, then bound by ``weed`` seconds later, and a killed server is
+    restarted on the ports it had: in between, another worker's probe would find them free.
+    Disjoint slices keep one worker's servers off another's ports.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under xdist
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        return PORT_RANGE
+    low, high = PORT_RANGE
+    size = (high - low) // count
+    start = low + int(worker[2:]) % count * size
+    return start, start + size
+
+
 def free_port_pair(taken: set[int]) -> int:
     """A port P where P and P + 10000 are both free and neither is in ``taken`` (which grows)."""
     rng = random.Random()
+    ports = worker_port_range()
     for _ in range(1000):
-        port = rng.randrange(*PORT_RANGE)
+        port = rng.randrange(*ports)
         pair = {port, port + GRPC_OFFSET}
         if pair & taken:
             continue

@@ -136,6 +136,7 @@ def test_a_call_through_the_cli(tmp_path: Path) -> None:
     with running(Daemon(tmp_path, one_in=1, lines=[("desk-01", [1]), ("desk-02", [2])])) as d:
         ep = ["--endpoint", d.endpoint]
         given = "call-7.a_B"
+        began = time.monotonic()
         start = hs(
             *ep, "start", "desk-01", "--call-id", given, "--agent", "ann", "--caller", CALLER
         )
@@ -156,7 +157,10 @@ def test_a_call_through_the_cli(tmp_path: Path) -> None:
         assert "sampl" not in raw.lower()
         live_j, idle_j = json.loads(raw)["lines"]
         assert live_j["line"] == "desk-01" and live_j["call_id"] == given
-        assert live_j["marked"] is True and 0.2 < live_j["seconds"] < 5.0
+        # Live: at least the sleep, at most the time since the start was sent (each CLI
+        # call costs a fraction of a second, more on a loaded machine), and a block of audio.
+        assert live_j["marked"] is True
+        assert 0.2 < live_j["seconds"] < time.monotonic() - began + 0.5
         assert idle_j["line"] == "desk-02" and idle_j["call_id"] is None
         assert idle_j["marked"] is False and idle_j["seconds"] == 0
         assert set(json.loads(raw)["worker"]) == {"pid", "restarts"}
