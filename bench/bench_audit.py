@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import resource
 import secrets
 import shutil
 import tempfile
@@ -183,8 +182,6 @@ def main() -> None:
             floor = floor or seconds
             print(f"{name:34} {seconds:9.2f} {seconds / floor:8.1f} "
                   f"{written / seconds:10,.0f} {peak:9.1f}")  # fmt: skip
-        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"the hash-checking process (hashes aside): at most {child:.0f} MiB resident")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import PurePosixPath
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import pyrage
 
@@ -692,6 +692,25 @@ def report_floor(
     return FloorReport(f"s3://{store.bucket}/{prefix}", merge(readings, as_of), tuple(hosts))
 
 
+_G = TypeVar("_G", _Tally, BandTally)
+
+
+def _fold(
+    host: str,
+    groups: tuple[_G, dict[str, _G], dict[str, _G]],
+    into: tuple[_G, dict[str, _G], dict[str, _G]],
+    make: Callable[[], _G],
+) -> None:
+    """Add one host's totals, lines and agents to the floor's: a line is the host's own
+    (``HOST/desk-01``), an agent may work on several hosts."""
+    (totals, lines, agents), (host_totals, host_lines, host_agents) = into, groups
+    totals.merge(host_totals)
+    for name, tally in host_lines.items():
+        lines.setdefault(f"{host}{name}", make()).merge(tally)
+    for name, tally in host_agents.items():
+        agents.setdefault(name, make()).merge(tally)
+
+
 def _merge_purpose(a: PurposeRetention, b: PurposeRetention) -> PurposeRetention:
     def pick(f: Callable[..., datetime], x: datetime | None, y: datetime | None) -> datetime | None:
         both = [moment for moment in (x, y) if moment is not None]
@@ -738,19 +757,9 @@ def merge(readings: Mapping[str, Reading], now: datetime) -> Report:
         entries += census.entries
         firsts += [census.first_time] if census.first_time else []
         lasts += [census.last_time] if census.last_time else []
-        host_totals, host_lines, host_agents = census.groups()
-        totals.merge(host_totals)
-        for name, tally in host_lines.items():
-            lines.setdefault(f"{host}{name}", _Tally()).merge(tally)
-        for name, tally in host_agents.items():
-            agents.setdefault(name, _Tally()).merge(tally)
+        _fold(host, census.groups(), (totals, lines, agents), _Tally)
         days.update(census.days)
-        host_bands, host_band_lines, host_band_agents = draws.groups()
-        band_totals.merge(host_bands)
-        for name, band in host_band_lines.items():
-            band_lines.setdefault(f"{host}{name}", BandTally()).merge(band)
-        for name, band in host_band_agents.items():
-            band_agents.setdefault(name, BandTally()).merge(band)
+        _fold(host, draws.groups(), (band_totals, band_lines, band_agents), BandTally)
         deletions += [
             dataclasses.replace(deletion, call_id=f"{host}{deletion.call_id}")
             for deletion in census.deletions
