@@ -198,8 +198,8 @@ def _scan(
 
 def _scan_file(path: Path, on_line: LineHook | None, chained: bool) -> Iterator[dict[str, Any]]:
     try:
-        with path.open("rb") as handle:
-            yield from _scan(handle.read, path.name, on_line, chained)
+        with path.open("rb") as handle:  # unchained, no line's hash is needed
+            yield from _scan(handle.read, path.name, on_line, chained, hashed=chained)
     except OSError as exc:
         raise CommitLogError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
 

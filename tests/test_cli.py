@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -443,3 +444,15 @@ def test_the_daemon_refuses_a_broken_config_before_touching_anything(tmp_path: P
     assert result.returncode == 2, result
     assert "daemon.stat_dir: " in result.stderr and "lines[1].channels: " in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.toml"]
+
+
+def test_the_cli_starts_without_the_auditors_modules() -> None:
+    """An agent's ``mark`` or a sysadmin's ``status`` should not wait for the audit rules,
+    numpy and SciPy to load: only the audit verbs import them."""
+    probe = (
+        "import sys, hindsight.client.cli; "
+        "print(sorted(m for m in sys.modules if m.startswith('hindsight.audit') "
+        "or m in ('numpy', 'scipy', 'matplotlib')))"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"

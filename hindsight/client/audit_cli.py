@@ -9,13 +9,8 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hindsight import audit
-from hindsight.audit import text as audit_text
-from hindsight.audit import witness
-from hindsight.audit.common import Span
-from hindsight.audit.progress import bar
 from hindsight.client.access import load_identities
 from hindsight.client.options import connection_options, endpoint_of, timeout_seconds
 from hindsight.client.transport import send
@@ -23,6 +18,12 @@ from hindsight.clock import iso
 from hindsight.commitlog import LOG_NAME
 from hindsight.errors import ClientError, StoreError
 from hindsight.protocol import EXIT_USAGE, Checkpoint
+
+if TYPE_CHECKING:
+    from hindsight.audit.common import Span
+
+# ``hindsight.audit`` (the rules, numpy, SciPy) is imported by the verbs that run it, not
+# here: every other command of the CLI, an agent's ``mark`` among them, starts without it.
 
 
 def add_audit(commands: Any) -> None:
@@ -135,6 +136,8 @@ def _span_options(verb: argparse.ArgumentParser, what: str) -> None:
 
 
 def _span(args: argparse.Namespace) -> Span:
+    from hindsight.audit.common import Span
+
     span = Span(args.since, args.until)
     if span.since is not None and span.until is not None and span.since >= span.until:
         raise ClientError(
@@ -167,6 +170,10 @@ def _add_verify(verbs: Any) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from hindsight import audit
+    from hindsight.audit import witness
+    from hindsight.audit.progress import bar
+
     identities = [key for path in args.identity for key in load_identities(path)]
     if not _local(args):
         if args.witness is not None:
@@ -255,6 +262,8 @@ def _add_witness(verbs: Any) -> None:
 
 
 def cmd_witness(args: argparse.Namespace) -> int:
+    from hindsight.audit import witness
+
     endpoint, timeout = endpoint_of(args), args.timeout
     store = witness.Store(args.store)
     return witness.run(lambda: send(endpoint, Checkpoint(), timeout).checkpoint, store, args.every)
@@ -276,6 +285,9 @@ def _add_report(verbs: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from hindsight import audit
+    from hindsight.audit.progress import bar
+
     if not _local(args):
         return _report_s3(args)
     state_dir, span = Path(args.state_dir), _span(args)
@@ -318,6 +330,8 @@ def _print_report(args: argparse.Namespace, result: Any) -> int:
         audit_html.write(result, args.html)
         print(f"wrote the report to {args.html.resolve()}")
         return 0
+    from hindsight.audit import text as audit_text
+
     print(json.dumps(result.to_json(), indent=2) if args.json else audit_text.render(result))
     return 0
 
@@ -393,6 +407,7 @@ def _add_show(verbs: Any) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     # Imported here, not at the top, so that this verb stays one block at the end of the file.
     from hindsight.audit.common import shown
+    from hindsight.audit.progress import bar
     from hindsight.audit.show import render, show
     from hindsight.protocol import EXIT_REFUSED
 
