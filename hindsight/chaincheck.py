@@ -159,13 +159,13 @@ def _read_aside(path: Path, on_line: LineHook | None, child: _Child) -> Iterator
                     mine = exc
                     while read(1 << 20):
                         pass
+            feed.close()  # the child's end of the log (a last write may break the pipe here)
         except OSError as exc:
             if isinstance(exc, BrokenPipeError):
                 raise CommitLogError(
                     f"{path}: the chain check's process ended early ({child.said()})"
                 ) from exc
             raise CommitLogError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-        feed.close()
         verdict = _verdict(path, child)
     finally:
         child.close()
