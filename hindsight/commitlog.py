@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO, NoReturn, Self
 
 from hindsight import clock
 from hindsight.durable import fsync_dir, make_dirs
@@ -158,12 +158,12 @@ def _scan(
     chained: bool,
     hashed: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """Every line's object, each checked as ``Chain`` checks it when ``chained`` (raising on
-    the first break); the lines as ``_raw_lines`` and ``_parse`` give them, faster: one
+    """Every line's object, each checked by a ``Chain`` when ``chained`` (raising on the
+    first break); the lines as ``_raw_lines`` and ``_parse`` give them, faster: one
     generator, no object per line beyond the entry, a block's lines split at once. Not
     ``hashed``: no line's content is hashed, and ``hash`` need only be a string (for a reader
     whose hashes another process checks, ``hindsight.chaincheck``)."""
-    seq, prev = 0, GENESIS
+    chain = Chain(name) if chained else None
     for lines, before, offset, last in _block_lines(read, name, on_line):
         for index, data in enumerate(lines):
             try:
@@ -177,22 +177,8 @@ def _scan(
                 start = offset + sum(map(len, lines[:index])) + index
                 _parse(name, _RawLine(number, start, data + b"\n", last(index)))
                 raise  # (_parse raises on every line parse_line refuses)
-            if chained:
-                stated: Any = entry.get("hash")
-                now: Any = entry.get("seq")
-                if (
-                    type(stated) is not str
-                    or stated != digest
-                    or type(now) is not int
-                    or now != seq + 1
-                    or entry.get("prev") != prev
-                    or type(entry.get("time")) is not str
-                    or type(entry.get("event")) is not str
-                ):
-                    chain = Chain(name)
-                    chain.seq, chain.hash = seq, prev
-                    chain.check(before + index + 1, entry, digest)  # raises, saying why
-                seq, prev = now, stated
+            if chain is not None:
+                chain.check(before + index + 1, entry, digest)
             yield entry
 
 
@@ -230,7 +216,24 @@ class Chain:
         self.hash = GENESIS
 
     def check(self, number: int, entry: Mapping[str, Any], digest: str | None) -> None:
-        """``digest``: the hash the line's content has, which ``hash`` must state."""
+        """``digest``: the hash the line's content has, which ``hash`` must state. Asked of
+        every line: the link is tested at once, and ``_refuse`` says why it breaks."""
+        stated, seq = entry.get("hash"), entry.get("seq")
+        if (
+            isinstance(stated, str)
+            and stated == digest
+            and type(seq) is int
+            and seq == self.seq + 1
+            and entry.get("prev") == self.hash
+            and isinstance(entry.get("time"), str)
+            and isinstance(entry.get("event"), str)
+        ):
+            self.seq, self.hash = seq, stated
+            return
+        self._refuse(number, entry, digest)
+
+    def _refuse(self, number: int, entry: Mapping[str, Any], digest: str | None) -> NoReturn:
+        """The first of the link's rules that ``entry`` breaks, raised."""
         where = f"{self.name} line {number}"
         stated = entry.get("hash")
         if not isinstance(stated, str) or stated != digest:
@@ -249,7 +252,7 @@ class Chain:
         for key in ("time", "event"):
             if not isinstance(entry.get(key), str):
                 raise CommitLogError(f"{where}: {key!r} is missing or not a string")
-        self.seq, self.hash = seq, stated
+        raise AssertionError(f"{where}: refused, yet no rule is broken")  # cannot happen
 
 
 def read_chain(path: Path, on_line: LineHook | None = None) -> Iterator[dict[str, Any]]:

@@ -122,27 +122,30 @@ def reference_line(data: bytes) -> tuple[dict[str, Any], str | None]:
     return obj, safe_hash(obj)
 
 
-def decode_line(data: bytes) -> dict[str, Any]:
-    """``parse_line``'s object alone, without the hash (to read a line whose hash another
-    process checks): the reference's object on every input, or its ValueError."""
+def _sure(data: bytes) -> dict[str, Any] | None:
+    """msgspec's object of the line, when it is sure to be the reference's; else None."""
     try:
         obj = _decode(data)
     except Exception:  # msgspec's rejections, and _Unsure: the reference decides
-        return reference_line(data)[0]
+        return None
     if type(obj) is not dict or data.count(b"[") + data.count(b"{") > MAX_BRACKETS:
-        return reference_line(data)[0]
+        return None
     return obj
+
+
+def decode_line(data: bytes) -> dict[str, Any]:
+    """``parse_line``'s object alone, without the hash (to read a line whose hash another
+    process checks): the reference's object on every input, or its ValueError."""
+    obj = _sure(data)
+    return reference_line(data)[0] if obj is None else obj
 
 
 def parse_line(data: bytes) -> tuple[dict[str, Any], str | None]:
     """The line's object and the hex SHA-256 of its canonical form without ``hash`` (None if
     it cannot be hashed: a lone surrogate, a float out of range); ValueError if the line is
     not UTF-8 JSON holding an object. Agrees with ``reference_line`` on every input."""
-    try:
-        obj = _decode(data)
-    except Exception:  # msgspec's rejections, and _Unsure: the reference decides
-        return reference_line(data)
-    if type(obj) is not dict or data.count(b"[") + data.count(b"{") > MAX_BRACKETS:
+    obj = _sure(data)
+    if obj is None:
         return reference_line(data)
     try:
         if "hash" not in obj:

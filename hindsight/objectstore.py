@@ -64,6 +64,7 @@ from hindsight.errors import StoreError
 LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
 LOCK_MODES: tuple[LockMode, ...] = ("GOVERNANCE", "COMPLIANCE")
 
+SCHEME = "s3://"  # a recording's logged path in a bucket: s3://BUCKET/KEY
 MIB = 1 << 20
 MIN_PART_SIZE = 5 * MIB  # S3's smallest part but the last
 PART_SIZE = 8 * MIB
@@ -80,6 +81,12 @@ REGION = "us-east-1"  # SeaweedFS, MinIO and Ceph take any; AWS needs the bucket
 _TRANSIENT = frozenset(
     {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed"}
 )
+
+
+def bucket_and_key(url: str) -> tuple[str, str]:
+    """``s3://BUCKET/KEY`` as (BUCKET, KEY); either is empty when the URL lacks it."""
+    bucket, _, key = url.removeprefix(SCHEME).partition("/")
+    return bucket, key
 
 
 class StoreUnavailable(StoreError):
@@ -340,7 +347,7 @@ class ObjectStore:
         return self.prefix + key
 
     def url(self, key: str) -> str:
-        return f"s3://{self.bucket}/{self.full_key(key)}"
+        return f"{SCHEME}{self.bucket}/{self.full_key(key)}"
 
     # -- the bucket -----------------------------------------------------------------------
 

@@ -171,11 +171,10 @@ class _Tally:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.by_reason.update(other.by_reason)
         self.by_purpose.update(other.by_purpose)
-        for mine, theirs in ((self.kept, other.kept), (self.gone, other.gone)):
-            for part in theirs.parts:
+        for name in ("kept", "gone", "rolled"):
+            mine = getattr(self, name)
+            for part in getattr(other, name).parts:
                 mine.add(part)
-        for part in other.rolled.parts:
-            self.rolled.add(part)
 
     def freeze(self) -> Figures:
         return Figures(

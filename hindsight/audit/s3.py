@@ -47,7 +47,7 @@ import pyrage
 
 from hindsight.audit.common import Span
 from hindsight.audit.draws import Draws
-from hindsight.audit.fairness import BandTally, Fairness
+from hindsight.audit.fairness import BandTally
 from hindsight.audit.progress import Bar, _is_terminal
 from hindsight.audit.report import (
     _DAY_EVENTS,
@@ -57,7 +57,11 @@ from hindsight.audit.report import (
     Reading,
     Report,
     Retention,
+    _Draws,
     _freeze_groups,
+    _group,
+    _Pair,
+    _pivot,
     _Tally,
 )
 from hindsight.audit.verify import (
@@ -74,6 +78,7 @@ from hindsight.commitlog import LOG_NAME, LineHook
 from hindsight.errors import CommitLogError, StoreError
 from hindsight.layout import RECORDINGS, sidecar_path
 from hindsight.objectstore import (
+    SCHEME,
     Credentials,
     ObjectInfo,
     ObjectMissing,
@@ -85,7 +90,6 @@ from hindsight.objectstore import (
 from hindsight.retention import Deletion, Recording
 from hindsight.segments import LOG_FOLDER, SHA256_META, LineChain, SeqRange, parse_segment_key
 
-SCHEME = "s3://"
 WHOLE = Span()
 RECORDINGS_FOLDER = f"{RECORDINGS}/"
 # A live host ships its log every few minutes (storage.s3_ship_seconds, 300 s by default):
@@ -695,20 +699,11 @@ def report_floor(
 _G = TypeVar("_G", _Tally, BandTally)
 
 
-def _fold(
-    host: str,
-    groups: tuple[_G, dict[str, _G], dict[str, _G]],
-    into: tuple[_G, dict[str, _G], dict[str, _G]],
-    make: Callable[[], _G],
-) -> None:
-    """Add one host's totals, lines and agents to the floor's: a line is the host's own
+def _add_host(host: str, pairs: Mapping[_Pair, _G], into: dict[_Pair, _G], make: type[_G]) -> None:
+    """One host's tallies by line and agent into the floor's: a line is the host's own
     (``HOST/desk-01``), an agent may work on several hosts."""
-    (totals, lines, agents), (host_totals, host_lines, host_agents) = into, groups
-    totals.merge(host_totals)
-    for name, tally in host_lines.items():
-        lines.setdefault(f"{host}{name}", make()).merge(tally)
-    for name, tally in host_agents.items():
-        agents.setdefault(name, make()).merge(tally)
+    for (line, agent), tally in pairs.items():
+        _group(into, (f"{host}{line}", agent), make).merge(tally)
 
 
 def _merge_purpose(a: PurposeRetention, b: PurposeRetention) -> PurposeRetention:
@@ -739,12 +734,7 @@ def merge(readings: Mapping[str, Reading], now: datetime) -> Report:
       host only), host by host, each host's in log order;
     - ``entries`` is the sum, ``first_time``/``last_time`` the earliest and latest.
     """
-    totals, lines, agents = _Tally(), dict[str, _Tally](), dict[str, _Tally]()
-    band_totals, band_lines, band_agents = (
-        BandTally(),
-        dict[str, BandTally](),
-        dict[str, BandTally](),
-    )
+    pairs, band_pairs, unowned = dict[_Pair, _Tally](), dict[_Pair, BandTally](), _Tally()
     days: Counter[tuple[Any, str]] = Counter()
     deletions: list[Deletion] = []
     accesses: list[Access] = []
@@ -757,9 +747,10 @@ def merge(readings: Mapping[str, Reading], now: datetime) -> Report:
         entries += census.entries
         firsts += [census.first_time] if census.first_time else []
         lasts += [census.last_time] if census.last_time else []
-        _fold(host, census.groups(), (totals, lines, agents), _Tally)
+        _add_host(host, census.pairs, pairs, _Tally)
+        unowned.merge(census.unowned)
         days.update(census.days)
-        _fold(host, draws.groups(), (band_totals, band_lines, band_agents), BandTally)
+        _add_host(host, draws.pairs, band_pairs, BandTally)
         deletions += [
             dataclasses.replace(deletion, call_id=f"{host}{deletion.call_id}")
             for deletion in census.deletions
@@ -794,6 +785,7 @@ def merge(readings: Mapping[str, Reading], now: datetime) -> Report:
         except ValueError:
             continue
         per_day[when] = Day(*(days[day, event] for event in _DAY_EVENTS))
+    totals, lines, agents = _pivot(pairs, _Tally, unowned)
     return Report(
         since=span.since,
         until=span.until,
@@ -806,11 +798,7 @@ def merge(readings: Mapping[str, Reading], now: datetime) -> Report:
         retention=merged,
         accesses=accesses,
         per_day=per_day,
-        fairness=Fairness(
-            totals=band_totals.freeze(),
-            per_line={name: t.freeze() for name, t in sorted(band_lines.items())},
-            per_agent={name: t.freeze() for name, t in sorted(band_agents.items())},
-        ),
+        fairness=_Draws(pairs=band_pairs).freeze(),
     )
 
 

@@ -40,6 +40,7 @@ from hindsight.daemon.repaired import Repair
 from hindsight.durable import file_sha256
 from hindsight.errors import CommitLogError
 from hindsight.layout import RECORDINGS, sidecar_path
+from hindsight.objectstore import SCHEME, bucket_and_key
 from hindsight.record import COMMITTED_FIELDS, Committed
 from hindsight.retention import RETENTION_EVENTS, Deletion, Ledger, Recording
 
@@ -243,8 +244,8 @@ class _CallRules:
         self.calls.settle(call_id, entry["seq"])
         path, digest = entry.get("path"), entry.get("sha256")
         local = self.path_ok is _inside  # (a bucket's verify takes s3:// paths)
-        if local and isinstance(path, str) and path.startswith("s3://"):
-            bucket = path.removeprefix("s3://").partition("/")[0]
+        if local and isinstance(path, str) and path.startswith(SCHEME):
+            bucket = bucket_and_key(path)[0]
             return (
                 f"{_at(entry)}: this recording is in an object store (bucket {bucket!r}): a "
                 f'host with storage.backend = "s3" is verified from the bucket, with '

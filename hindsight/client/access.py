@@ -45,10 +45,10 @@ from hindsight.client.transport import EXIT_REFUSED, send
 from hindsight.durable import HASH_BLOCK, fsync_dir, write_all
 from hindsight.errors import ClientError, StoreError
 from hindsight.layout import inside
+from hindsight.objectstore import SCHEME, bucket_and_key
 from hindsight.protocol import Access
 
 ENCRYPTED = ".age"
-S3_SCHEME = "s3://"
 Opener = Callable[[], IO[bytes]]
 SECRET_PREFIX = "AGE-SECRET-KEY-"
 PROGRESS_AFTER = 10.0  # seconds of audio: shorter calls play without progress lines
@@ -171,7 +171,7 @@ def locate(args: argparse.Namespace, state_dir: Path) -> Located:
     """Send ``access``: the daemon logs who opens CALL and why, then says where it is."""
     asked = Access(call_id=args.call, actor=actor_of(args), reason=args.reason)
     reply = send(endpoint_of(args), asked, args.timeout)
-    if reply.path.startswith(S3_SCHEME):
+    if reply.path.startswith(SCHEME):
         return _in_bucket(args, reply.path, reply.sha256.lower(), reply.version_id)
     file = inside(state_dir, reply.path)
     if file is None:
@@ -211,7 +211,7 @@ def _in_bucket(args: argparse.Namespace, url: str, sha256: str, version_id: str 
     variables) from ``--s3-endpoint``, else the config's ``storage.s3_endpoint``."""
     from hindsight.objectstore import ObjectStore, read_credentials
 
-    bucket, _, key = url.removeprefix(S3_SCHEME).partition("/")
+    bucket, key = bucket_and_key(url)
     if not bucket or not key or not version_id:
         raise ClientError(f"the daemon named an object it cannot be read by: {url!r}", EXIT_REFUSED)
     endpoint = args.s3_endpoint or s3_endpoint_of(args)

@@ -17,6 +17,7 @@ from typing import Any
 
 from hindsight.clock import parse_iso
 from hindsight.daemon.s3store import LOCK_MARGIN, sidecar_key, split_url
+from hindsight.objectstore import SCHEME
 
 
 @dataclass(slots=True)
@@ -84,9 +85,9 @@ class ObjectIndex:
         path = entry.get("path")
         if not (isinstance(version, str) and isinstance(sidecar_version, str)):
             return  # a recording on local disk
-        if not isinstance(path, str) or not path.startswith("s3://"):
+        if not isinstance(path, str) or not path.startswith(SCHEME):
             return
-        key = split_url(path, self.bucket) if path.startswith(f"s3://{self.bucket}/") else None
+        key = split_url(path, self.bucket) if path.startswith(f"{SCHEME}{self.bucket}/") else None
         if key is None:
             return  # another bucket's (a changed config): not ours to act on
         retention = entry.get("retention") or {}

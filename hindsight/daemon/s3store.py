@@ -35,7 +35,13 @@ from hindsight.daemon.spool import Entry, Spool
 from hindsight.daemon.store import COPY_BLOCK, Sink, sealed_notes, write_durably
 from hindsight.errors import StoreError
 from hindsight.layout import ENCRYPTED_SUFFIX, RECORDING_SUFFIX, RECORDINGS
-from hindsight.objectstore import LockMode, ObjectStore, StoreRefused, read_credentials
+from hindsight.objectstore import (
+    SCHEME,
+    LockMode,
+    ObjectStore,
+    StoreRefused,
+    read_credentials,
+)
 from hindsight.record import Committed
 
 # The soonest lock an upload sets (the store refuses a retain-until in the past, and the
@@ -71,7 +77,7 @@ class Settings:
 
 def split_url(url: str, bucket: str) -> str:
     """The key of ``s3://BUCKET/KEY`` (StoreError for another bucket or a non-s3 path)."""
-    head = f"s3://{bucket}/"
+    head = f"{SCHEME}{bucket}/"
     if not url.startswith(head) or len(url) == len(head):
         raise StoreError(f"not an object of bucket {bucket}: {url!r}")
     return url[len(head) :]
